@@ -1,0 +1,1 @@
+"""telelens: the hooked transformer core."""

@@ -1,0 +1,696 @@
+"""HookedTransformer: a TransformerLens-compatible transformer with a hook on every activation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, Union, overload
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from telelens.core import devices
+from telelens.core.components import Embed, Norm, PosEmbed, Rotary, TransformerBlock, Unembed
+from telelens.core.components.attention import AttentionContext, LayerKVCache
+from telelens.core.config import HookedTransformerConfig
+from telelens.core.factored_matrix import FactoredMatrix
+from telelens.core.hook_points import HookedRootModule, HookPoint
+
+if TYPE_CHECKING:
+    from telelens.core.activation_cache import ActivationCache
+
+logger = logging.getLogger(__name__)
+
+TextInput = Union[str, Sequence[str]]
+ModelInput = Union[str, Sequence[str], torch.Tensor]
+
+
+class HookedTransformerKeyValueCache:
+    """Per-layer keys/values plus the attention mask of everything seen so far (for ``generate``)."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.entries = [LayerKVCache() for _ in range(n_layers)]
+        self.previous_attention_mask: torch.Tensor | None = None  # [batch, past_pos]
+
+    @classmethod
+    def init_cache(
+        cls, cfg: HookedTransformerConfig, device: Any = None, batch_size: int = 1
+    ) -> HookedTransformerKeyValueCache:
+        return cls(cfg.n_layers)
+
+    @property
+    def past_length(self) -> int:
+        k = self.entries[0].k
+        return 0 if k is None else int(k.shape[1])
+
+
+class HookedTransformer(HookedRootModule):
+    """A decoder-only transformer with TransformerLens's hook names, shapes and methods.
+
+    Build one from a config (random weights) with ``HookedTransformer(cfg)``, or load
+    weights with :meth:`from_pretrained` (hub name, TransformerLens alias, local Hugging
+    Face folder, or ``.gguf`` file).
+    """
+
+    def __init__(
+        self,
+        cfg: HookedTransformerConfig | dict[str, Any],
+        tokenizer: Any = None,
+        move_to_device: bool = True,
+        default_padding_side: Literal["left", "right"] = "right",
+        init_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(cfg, dict):
+            cfg = HookedTransformerConfig(**cfg)
+        self.cfg = cfg
+        self.tokenizer: Any = None
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer, default_padding_side=default_padding_side)
+        self.cfg.default_padding_side = default_padding_side
+
+        if cfg.use_hook_tokens:
+            self.hook_tokens = HookPoint()  # [batch, pos]
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        if cfg.positional_embedding_type == "standard":
+            self.pos_embed = PosEmbed(cfg)
+            self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        else:
+            self.rotary = Rotary(cfg)
+        self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
+        self.ln_final = Norm(cfg) if cfg.normalization_type is not None else None
+        self.unembed = Unembed(cfg)
+        if cfg.tie_word_embeddings:
+            self.unembed.weight = self.embed.W_E  # one tensor, two names
+        if init_weights:
+            self.init_weights()
+        self.setup()
+        if move_to_device:
+            self.move_model_modules_to_device()
+
+    # ------------------------------------------------------------------ construction
+    def init_weights(self) -> None:
+        """Random normal(0, initializer_range) weights; norms at 1, biases at 0 (seeded by cfg.seed)."""
+        gen = torch.Generator().manual_seed(self.cfg.seed) if self.cfg.seed is not None else None
+        for name, p in self.named_parameters():
+            if p.device.type == "meta":
+                continue
+            with torch.no_grad():
+                if name.endswith((".w",)) and p.dim() == 1:
+                    p.fill_(1.0)
+                elif p.dim() == 1:
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * self.cfg.initializer_range)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name: str,
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool | None = None,
+        refactor_factored_attn_matrices: bool = False,
+        checkpoint_index: int | None = None,
+        checkpoint_value: int | None = None,
+        hf_model: Any = None,
+        device: str | torch.device | None = None,
+        n_devices: int = 1,
+        tokenizer: Any = None,
+        move_to_device: bool = True,
+        fold_value_biases: bool = True,
+        default_prepend_bos: bool | None = None,
+        default_padding_side: Literal["left", "right"] = "right",
+        dtype: str | torch.dtype = torch.float32,
+        first_n_layers: int | None = None,
+        device_map: Sequence[str] | None = None,
+        **from_pretrained_kwargs: Any,
+    ) -> HookedTransformer:
+        """Load weights by hub name, TransformerLens alias, local folder or ``.gguf`` file.
+
+        Weight processing follows TransformerLens's defaults (fold LayerNorm, center
+        writing weights, center unembed, fold value biases); logits then differ from
+        Hugging Face's by a constant per position (log-probs agree). ``center_unembed``
+        defaults to True except for tied embeddings, where it would untie them.
+        Use :meth:`from_pretrained_no_processing` for Hugging Face's exact logits.
+        """
+        from telelens.core.loading import load_pretrained
+
+        return load_pretrained(
+            cls,
+            model_name,
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases,
+            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+            hf_model=hf_model,
+            device=device,
+            n_devices=n_devices,
+            device_map=list(device_map) if device_map is not None else None,
+            tokenizer=tokenizer,
+            move_to_device=move_to_device,
+            default_prepend_bos=default_prepend_bos,
+            default_padding_side=default_padding_side,
+            dtype=dtype,
+            first_n_layers=first_n_layers,
+            **from_pretrained_kwargs,
+        )
+
+    @classmethod
+    def from_pretrained_no_processing(
+        cls,
+        model_name: str,
+        fold_ln: bool = False,
+        center_writing_weights: bool = False,
+        center_unembed: bool = False,
+        refactor_factored_attn_matrices: bool = False,
+        fold_value_biases: bool = False,
+        dtype: str | torch.dtype = torch.float32,
+        **kwargs: Any,
+    ) -> HookedTransformer:
+        """Load with no weight processing: logits equal Hugging Face's."""
+        return cls.from_pretrained(
+            model_name,
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+            fold_value_biases=fold_value_biases,
+            dtype=dtype,
+            **kwargs,
+        )
+
+    def process_weights_(
+        self,
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool = True,
+        fold_value_biases: bool = True,
+        refactor_factored_attn_matrices: bool = False,
+    ) -> None:
+        """Apply TransformerLens's weight processing in place (see ``telelens.core.weight_processing``)."""
+        from telelens.core.weight_processing import process_weights
+
+        process_weights(
+            self,
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases,
+            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+        )
+
+    def set_tokenizer(self, tokenizer: Any, default_padding_side: Literal["left", "right"] = "right") -> None:
+        """Attach a Hugging Face tokenizer (a pad token is borrowed from EOS when missing)."""
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.bos_token
+        tokenizer.padding_side = default_padding_side
+        self.tokenizer = tokenizer
+        self.cfg.default_padding_side = default_padding_side
+
+    # ------------------------------------------------------------------ devices
+    def move_model_modules_to_device(self) -> None:
+        """Place embeddings, blocks and unembed per ``cfg.device_map`` / ``cfg.n_devices``."""
+        placement = devices.block_devices(self.cfg)
+        first = placement[0] if placement else devices.base_device(self.cfg)
+        self.embed.to(first)
+        if hasattr(self, "pos_embed"):
+            self.pos_embed.to(first)
+        if hasattr(self, "rotary"):
+            self.rotary.to(first)
+        for block, dev in zip(self.blocks, placement):
+            block.to(dev)
+        last = placement[-1] if placement else first
+        if self.ln_final is not None:
+            self.ln_final.to(last)
+        # Tied embeddings stay one tensor: the unembed then lives with the embedding.
+        self.unembed.to(first if self.cfg.tie_word_embeddings else last)
+        if self.cfg.tie_word_embeddings:
+            self.unembed.weight = self.embed.W_E
+
+    @staticmethod
+    def _module_device(module: nn.Module) -> torch.device:
+        for p in module.parameters():
+            return p.device
+        for b in module.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    # ------------------------------------------------------------------ tokenization
+    def _require_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: pass token ids, or set one with set_tokenizer()")
+        return self.tokenizer
+
+    def _encode(
+        self, input: TextInput, prepend_bos: bool | None, padding_side: str | None, truncate: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask for text; BOS is prepended by id, never by string."""
+        tok = self._require_tokenizer()
+        texts = [input] if isinstance(input, str) else list(input)
+        prepend = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        side = padding_side or self.cfg.default_padding_side
+        ids: list[list[int]] = [tok.encode(t, add_special_tokens=False) for t in texts]
+        if prepend and not self.cfg.tokenizer_prepends_bos:
+            if tok.bos_token_id is None:
+                raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
+            ids = [[tok.bos_token_id, *x] for x in ids]
+        if truncate:
+            ids = [x[: self.cfg.n_ctx] for x in ids]
+        width = max(len(x) for x in ids)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        tokens = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, x in enumerate(ids):
+            sl = slice(width - len(x), width) if side == "left" else slice(0, len(x))
+            tokens[i, sl] = torch.tensor(x, dtype=torch.long)
+            mask[i, sl] = 1
+        return tokens, mask
+
+    def to_tokens(
+        self,
+        input: TextInput,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+        move_to_device: bool = True,
+        truncate: bool = True,
+    ) -> torch.Tensor:
+        """Text (or a list of texts, padded) -> token ids [batch, pos]."""
+        tokens, _ = self._encode(input, prepend_bos, padding_side, truncate)
+        return tokens.to(self._module_device(self.embed)) if move_to_device else tokens
+
+    def to_string(self, tokens: torch.Tensor | Sequence[int] | int) -> str | list[str]:
+        """Token ids -> text; a batch [batch, pos] gives a list of texts."""
+        tok = self._require_tokenizer()
+        t = torch.as_tensor(tokens)
+        if t.dim() == 2:
+            return [tok.decode(row.tolist()) for row in t]
+        if t.dim() == 0:
+            t = t[None]
+        return tok.decode(t.tolist())
+
+    def to_str_tokens(
+        self,
+        input: str | torch.Tensor | Sequence[Any],
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+    ) -> list[str] | list[list[str]]:
+        """Each token as its own string; a list of texts gives a list of lists."""
+        tok = self._require_tokenizer()
+        if isinstance(input, (list, tuple)) and input and isinstance(input[0], str):
+            return [self.to_str_tokens(s, prepend_bos, padding_side) for s in input]  # type: ignore[misc]
+        if isinstance(input, str):
+            ids = self._encode(input, prepend_bos, padding_side)[0][0].tolist()
+        else:
+            t = torch.as_tensor(input)
+            if t.dim() == 2:
+                if t.shape[0] != 1:
+                    raise ValueError(f"to_str_tokens takes one sequence, got a batch of {t.shape[0]}")
+                t = t[0]
+            ids = t.reshape(-1).tolist()
+        return [tok.decode([i]) for i in ids]
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that is exactly one token (else a clear error)."""
+        ids = self._encode(string, prepend_bos=False, padding_side=None)[0][0]
+        if ids.numel() != 1:
+            raise ValueError(f"{string!r} is {ids.numel()} tokens, not one: {self.to_str_tokens(ids)}")
+        return int(ids.item())
+
+    def to_single_str_token(self, int_token: int) -> str:
+        """The string of one token id."""
+        return self.to_str_tokens(torch.tensor([int_token]))[0]  # type: ignore[return-value]
+
+    def get_token_position(
+        self,
+        single_token: str | int,
+        input: str | torch.Tensor,
+        mode: Literal["first", "last"] = "first",
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+    ) -> int:
+        """Position of ``single_token`` in ``input`` (first or last occurrence)."""
+        tokens = self.to_tokens(input, prepend_bos, padding_side) if isinstance(input, str) else torch.as_tensor(input)
+        if tokens.dim() == 2:
+            if tokens.shape[0] != 1:
+                raise ValueError("get_token_position takes one sequence")
+            tokens = tokens[0]
+        tid = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
+        hits = (tokens == tid).nonzero().flatten()
+        if hits.numel() == 0:
+            raise ValueError(f"token {single_token!r} (id {tid}) is not in the input")
+        return int(hits[0] if mode == "first" else hits[-1])
+
+    def tokens_to_residual_directions(self, tokens: str | int | torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Unembedding directions of tokens: [d_model] for one token, [..., d_model] for many."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        t = torch.as_tensor(tokens, device=self.unembed.weight.device)
+        return self.unembed.weight[t]  # rows of W_U.T: [..., d_model]
+
+    # ------------------------------------------------------------------ forward
+    def _attention_context(
+        self,
+        batch: int,
+        q_len: int,
+        attention_mask: torch.Tensor | None,
+        past_kv_cache: HookedTransformerKeyValueCache | None,
+        device: torch.device,
+    ) -> tuple[AttentionContext, torch.Tensor]:
+        """Mask and positions for this pass, accounting for left padding and the KV cache."""
+        past = past_kv_cache.past_length if past_kv_cache is not None else 0
+        if past_kv_cache is not None and past_kv_cache.previous_attention_mask is not None:
+            new = attention_mask if attention_mask is not None else torch.ones(batch, q_len, dtype=torch.long)
+            attention_mask = torch.cat((past_kv_cache.previous_attention_mask, new.to(device)), dim=1)
+        if past_kv_cache is not None:
+            full = attention_mask if attention_mask is not None else torch.ones(batch, past + q_len, dtype=torch.long)
+            past_kv_cache.previous_attention_mask = full.to(device)
+
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if padded:
+            assert attention_mask is not None
+            key_mask = attention_mask.to(device).bool()  # [batch, key_pos]
+            positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -q_len:]  # [batch, pos]
+            causal = torch.ones(q_len, past + q_len, dtype=torch.bool, device=device).tril(past)
+            mask = causal[None] & key_mask[:, None, :]  # [batch, query_pos, key_pos]
+            # A padding query sees no key: let it see all so no NaN appears (its output is unused).
+            mask = mask | ~mask.any(-1, keepdim=True)
+            mask = mask[:, None]  # [batch, 1, query_pos, key_pos]
+        else:
+            positions = torch.arange(past, past + q_len, device=device)[None]  # [1, pos]
+            mask = None
+            if past and q_len > 1:
+                mask = torch.ones(q_len, past + q_len, dtype=torch.bool, device=device).tril(past)[None, None]
+        rotary = None
+        if hasattr(self, "rotary"):
+            rotary = self.rotary.tables(positions, self.cfg.dtype)
+        return AttentionContext(mask=mask, rotary=rotary), positions
+
+    def input_to_embed(
+        self,
+        input: ModelInput,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_kv_cache: HookedTransformerKeyValueCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionContext, torch.Tensor | None]:
+        """Tokens -> (residual, tokens, attention context, attention mask)."""
+        device = self._module_device(self.embed)
+        if isinstance(input, torch.Tensor):
+            tokens = input
+            if tokens.dim() == 1:
+                tokens = tokens[None]
+        else:
+            tokens, text_mask = self._encode(input, prepend_bos, padding_side)
+            if attention_mask is None and not bool(text_mask.all()):
+                attention_mask = text_mask
+        tokens = tokens.to(device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device)
+            if attention_mask.dim() == 1:
+                attention_mask = attention_mask[None]
+        if self.cfg.use_hook_tokens:
+            tokens = self.hook_tokens(tokens)
+        ctx, positions = self._attention_context(tokens.shape[0], tokens.shape[1], attention_mask, past_kv_cache, device)
+        embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
+        if hasattr(self, "pos_embed"):
+            resid = embed + self.hook_pos_embed(self.pos_embed(positions))
+        else:
+            resid = embed
+        return resid, tokens, ctx, attention_mask
+
+    def forward(
+        self,
+        input: ModelInput,
+        return_type: Literal["logits", "loss", "both"] | None = "logits",
+        loss_per_token: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+        start_at_layer: int | None = None,
+        tokens: torch.Tensor | None = None,
+        shortformer_pos_embed: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        stop_at_layer: int | None = None,
+        past_kv_cache: HookedTransformerKeyValueCache | None = None,
+    ) -> Any:
+        """Run the model.
+
+        ``input`` is text, a list of texts, token ids [batch, pos], or (with
+        ``start_at_layer``) the residual stream [batch, pos, d_model]. ``stop_at_layer``
+        returns the residual stream entering that block instead of logits.
+        """
+        if start_at_layer is None:
+            resid, tokens, ctx, attention_mask = self.input_to_embed(
+                input, prepend_bos, padding_side, attention_mask, past_kv_cache
+            )
+            start = 0
+        else:
+            if not isinstance(input, torch.Tensor) or input.dim() != 3:
+                raise ValueError("with start_at_layer, input must be the residual stream [batch, pos, d_model]")
+            resid = input
+            start = start_at_layer if start_at_layer >= 0 else self.cfg.n_layers + start_at_layer
+            if attention_mask is not None and attention_mask.dim() == 1:
+                attention_mask = attention_mask[None]
+            ctx, _ = self._attention_context(
+                resid.shape[0], resid.shape[1], attention_mask, past_kv_cache, resid.device
+            )
+        stop = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
+        if stop < 0:
+            stop = self.cfg.n_layers + stop
+
+        ctx_by_device: dict[torch.device, AttentionContext] = {resid.device: ctx}
+        for layer in range(start, stop):
+            block = self.blocks[layer]
+            dev = self._module_device(block)
+            if resid.device != dev:
+                resid = resid.to(dev)
+            if dev not in ctx_by_device:
+                ctx_by_device[dev] = ctx.to(dev)
+            cache_entry = past_kv_cache.entries[layer] if past_kv_cache is not None else None
+            resid = block(resid, ctx=ctx_by_device[dev], kv_cache=cache_entry)
+        if stop_at_layer is not None:
+            return resid
+
+        if self.ln_final is not None:
+            resid = self.ln_final(resid.to(self._module_device(self.ln_final)))
+        if return_type is None:
+            return None
+        logits = self.unembed(resid.to(self.unembed.weight.device))  # [batch, pos, d_vocab_out]
+        if return_type == "logits":
+            return logits
+        if tokens is None:
+            raise ValueError("return_type='loss' needs tokens (pass tokens= when using start_at_layer)")
+        loss = self.loss_fn(logits, tokens, attention_mask, per_token=loss_per_token)
+        if return_type == "loss":
+            return loss
+        if return_type == "both":
+            return logits, loss
+        raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+
+    def loss_fn(
+        self,
+        logits: torch.Tensor,
+        tokens: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        per_token: bool = False,
+    ) -> torch.Tensor:
+        """Next-token cross-entropy; padding positions (attention_mask 0) are left out."""
+        tokens = tokens.to(logits.device)
+        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, pos - 1]
+        if attention_mask is not None:
+            keep = (attention_mask[:, 1:] * attention_mask[:, :-1]).to(nll.device).bool()
+            if per_token:
+                return nll * keep
+            return nll[keep].mean()
+        return nll if per_token else nll.mean()
+
+    # ------------------------------------------------------------------ caching
+    def _make_cache(self, cache_dict: dict[str, torch.Tensor], has_batch_dim: bool) -> ActivationCache:
+        from telelens.core.activation_cache import ActivationCache
+
+        return ActivationCache(cache_dict, self, has_batch_dim=has_batch_dim)
+
+    @overload
+    def run_with_cache(self, *args: Any, return_cache_object: Literal[True] = True, **kw: Any) -> tuple[Any, ActivationCache]: ...
+    @overload
+    def run_with_cache(self, *args: Any, return_cache_object: Literal[False], **kw: Any) -> tuple[Any, dict[str, torch.Tensor]]: ...
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:  # type: ignore[override]
+        """Run and cache activations: ``logits, cache = model.run_with_cache(tokens, names_filter=...)``.
+
+        Only the hook points the filter accepts are recorded; everything else runs the
+        fast path (fused attention where no pattern or score is cached).
+        """
+        return super().run_with_cache(*args, **kwargs)
+
+    # ------------------------------------------------------------------ generation
+    @torch.inference_mode()
+    def generate(self, input: ModelInput = "", max_new_tokens: int = 10, **kwargs: Any) -> Any:
+        """Sample a continuation (greedy with ``do_sample=False``); see ``telelens.core.generation``."""
+        from telelens.core.generation import generate
+
+        return generate(self, input, max_new_tokens=max_new_tokens, **kwargs)
+
+    # ------------------------------------------------------------------ switches
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Compute ``attn.hook_result`` (per-head outputs) on every pass."""
+        self.cfg.use_attn_result = use_attn_result
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Give Q, K, V separate per-head inputs (``hook_q_input``, ...)."""
+        self.cfg.use_split_qkv_input = use_split_qkv_input
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Enable ``hook_mlp_in``."""
+        if self.cfg.attn_only:
+            raise ValueError("an attention-only model has no MLP input")
+        self.cfg.use_hook_mlp_in = use_hook_mlp_in
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """Enable ``hook_attn_in`` (per-head attention input)."""
+        self.cfg.use_attn_in = use_attn_in
+
+    _FLAG_HOOKS: tuple[tuple[str, str, str], ...] = (
+        ("attn.hook_result", "use_attn_result", "set_use_attn_result(True)"),
+        ("hook_attn_in", "use_attn_in", "set_use_attn_in(True)"),
+        ("hook_q_input", "use_split_qkv_input", "set_use_split_qkv_input(True)"),
+        ("hook_k_input", "use_split_qkv_input", "set_use_split_qkv_input(True)"),
+        ("hook_v_input", "use_split_qkv_input", "set_use_split_qkv_input(True)"),
+        ("hook_mlp_in", "use_hook_mlp_in", "set_use_hook_mlp_in(True)"),
+    )
+
+    def disabled_hook_reason(self, name: str) -> str | None:
+        """Hook points behind a switch (as in TransformerLens) fire only once it is on."""
+        for suffix, flag, call in self._FLAG_HOOKS:
+            if name.endswith(suffix) and not getattr(self.cfg, flag):
+                return f"call model.{call} first"
+        return None
+
+    # ------------------------------------------------------------------ weights
+    def _stack(self, get: Any) -> torch.Tensor:
+        dev = self._module_device(self.embed)
+        return torch.stack([get(block).to(dev) for block in self.blocks], dim=0)
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        """[d_model, d_vocab_out]"""
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> torch.Tensor:
+        return self.unembed.b_U
+
+    @property
+    def W_E(self) -> torch.Tensor:
+        """[d_vocab, d_model]"""
+        return self.embed.W_E
+
+    @property
+    def W_pos(self) -> torch.Tensor:
+        """[n_ctx, d_model] (learned positions only)."""
+        if not hasattr(self, "pos_embed"):
+            raise AttributeError("this model uses rotary positions: it has no W_pos")
+        return self.pos_embed.W_pos
+
+    @property
+    def W_E_pos(self) -> torch.Tensor:
+        """W_E and W_pos concatenated: [d_vocab + n_ctx, d_model]."""
+        return torch.cat([self.W_E, self.W_pos], dim=0)
+
+    @property
+    def W_K(self) -> torch.Tensor:
+        """[n_layers, n_heads, d_model, d_head]"""
+        return self._stack(lambda b: b.attn.W_K)
+
+    @property
+    def W_Q(self) -> torch.Tensor:
+        return self._stack(lambda b: b.attn.W_Q)
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        return self._stack(lambda b: b.attn.W_V)
+
+    @property
+    def W_O(self) -> torch.Tensor:
+        """[n_layers, n_heads, d_head, d_model]"""
+        return self._stack(lambda b: b.attn.W_O)
+
+    @property
+    def b_K(self) -> torch.Tensor:
+        return self._stack(lambda b: b.attn.b_K)
+
+    @property
+    def b_Q(self) -> torch.Tensor:
+        return self._stack(lambda b: b.attn.b_Q)
+
+    @property
+    def b_V(self) -> torch.Tensor:
+        return self._stack(lambda b: b.attn.b_V)
+
+    @property
+    def b_O(self) -> torch.Tensor:
+        return self._stack(lambda b: b.attn.b_O)
+
+    def _mlp_stack(self, attr: str) -> torch.Tensor:
+        if self.cfg.attn_only:
+            raise AttributeError("an attention-only model has no MLP weights")
+        return self._stack(lambda b: getattr(b.mlp, attr))
+
+    @property
+    def W_in(self) -> torch.Tensor:
+        """[n_layers, d_model, d_mlp]"""
+        return self._mlp_stack("W_in")
+
+    @property
+    def W_gate(self) -> torch.Tensor | None:
+        return self._mlp_stack("W_gate") if self.cfg.gated_mlp else None
+
+    @property
+    def W_out(self) -> torch.Tensor:
+        """[n_layers, d_mlp, d_model]"""
+        return self._mlp_stack("W_out")
+
+    @property
+    def b_in(self) -> torch.Tensor:
+        return self._mlp_stack("b_in")
+
+    @property
+    def b_out(self) -> torch.Tensor:
+        return self._mlp_stack("b_out")
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """[n_layers, n_heads, d_model, d_model] as a FactoredMatrix."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> torch.Tensor:
+        """Sum of the output biases of every component before ``layer`` (its MLP too if ``mlp_input``)."""
+        dev = self._module_device(self.embed)
+        total = torch.zeros(self.cfg.d_model, dtype=self.cfg.dtype, device=dev)
+        for i in range(layer):
+            block = self.blocks[i]
+            total = total + block.attn.b_O.to(dev)
+            if include_mlp_biases and not self.cfg.attn_only:
+                total = total + block.mlp.b_out.to(dev)
+        if mlp_input:
+            if layer >= self.cfg.n_layers:
+                raise ValueError("mlp_input needs a layer below n_layers")
+            total = total + self.blocks[layer].attn.b_O.to(dev)
+        return total
+
+    def all_head_labels(self) -> list[str]:
+        """``L{l}H{h}`` for every head."""
+        return [f"L{layer}H{head}" for layer in range(self.cfg.n_layers) for head in range(self.cfg.n_heads)]
+
+    def hook_shapes(self) -> dict[str, tuple[str, ...]]:
+        """Every hook name with its TransformerLens shape pattern (dims by name)."""
+        from telelens.core.hook_shapes import hook_shape_pattern
+
+        return {name: hook_shape_pattern(name) for name in self.hook_dict}

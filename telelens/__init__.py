@@ -1,0 +1,49 @@
+"""telelens: TransformerLens at a distance.
+
+``import telelens`` is cheap: the everyday names below load on first use, so the thin
+client (``telelens.client``) never pulls in torch-heavy core code.
+
+    from telelens import HookedTransformer
+    model = HookedTransformer.from_pretrained("smollm2-135m")
+    logits, cache = model.run_with_cache("The Eiffel Tower is in", names_filter="blocks.6.hook_resid_post")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "HookedTransformer": "telelens.core.hooked_transformer",
+    "HookedTransformerConfig": "telelens.core.config",
+    "HookedTransformerKeyValueCache": "telelens.core.hooked_transformer",
+    "ActivationCache": "telelens.core.activation_cache",
+    "FactoredMatrix": "telelens.core.factored_matrix",
+    "HookPoint": "telelens.core.hook_points",
+    "HookedRootModule": "telelens.core.hook_points",
+}
+_LAZY_MODULES = {
+    "utils": "telelens.core.utils",
+    "patching": "telelens.core.patching",
+    "head_detector": "telelens.core.head_detector",
+    "weight_processing": "telelens.core.weight_processing",
+}
+
+__all__ = [*_LAZY, *_LAZY_MODULES, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _LAZY_MODULES:
+        value = importlib.import_module(_LAZY_MODULES[name])
+    else:
+        raise AttributeError(f"module 'telelens' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

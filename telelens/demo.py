@@ -1,0 +1,96 @@
+"""The activation-patching demo: where does "Eiffel Tower -> Paris" live in SmolLM2?
+
+Patches the clean residual stream (``resid_pre``) into the corrupted run, one
+(layer, position) cell at a time, and reports how much of the clean-vs-corrupt logit
+difference each cell restores (1 = all of it, 0 = none).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CLEAN = "The Eiffel Tower is in the city of"
+CORRUPT = "The Colosseum is in the city of"
+ANSWERS = (" Paris", " Rome")
+
+
+def run_patching(model: Any) -> tuple[torch.Tensor, list[str]]:
+    """The normalized patching grid [n_layers, pos] and the position labels."""
+    from telelens.core import patching
+
+    clean, corrupt = model.to_tokens(CLEAN), model.to_tokens(CORRUPT)
+    if clean.shape != corrupt.shape:
+        raise ValueError(f"prompts tokenize to different lengths: {clean.shape[1]} vs {corrupt.shape[1]}")
+    right, wrong = (model.to_single_token(a) for a in ANSWERS)
+
+    def logit_diff(logits: torch.Tensor) -> torch.Tensor:
+        return logits[0, -1, right] - logits[0, -1, wrong]
+
+    with torch.inference_mode():
+        clean_logits, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("resid_pre"))
+        clean_diff, corrupt_diff = logit_diff(clean_logits), logit_diff(model(corrupt))
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return (logit_diff(logits) - corrupt_diff) / (clean_diff - corrupt_diff)
+
+    grid = patching.get_act_patch_resid_pre(model, corrupt, clean_cache, metric)
+    labels = [f"{i}:{t}" for i, t in enumerate(model.to_str_tokens(CORRUPT))]
+    return grid, labels
+
+
+def print_heatmap(grid: torch.Tensor, labels: list[str], title: str) -> None:
+    """A layer x position heatmap in the terminal (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False, pad_edge=False)
+    table.add_column("layer", justify="right")
+    for label in labels:
+        table.add_column(label.replace("\n", "\\n"), justify="center")
+    for layer, row in enumerate(grid.tolist()):
+        cells = []
+        for v in row:
+            shade = max(0, min(255, int(255 * (1 - max(0.0, min(1.0, v))))))
+            cells.append(f"[on rgb(255,{shade},{shade})] {v:+.2f} [/]")
+        table.add_row(str(layer), *cells)
+    Console().print(table)
+
+
+def write_png(grid: torch.Tensor, labels: list[str], title: str, path: Path) -> Path:
+    """The same heatmap as a PNG (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(labels), 1 + 0.25 * grid.shape[0]))
+    im = ax.imshow(grid.numpy(), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="logit difference restored")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(model_name: str = "smollm2-135m", png: str = "patching_resid_pre.png") -> Path:
+    """Load the model, run the sweep, print the heatmap, write the PNG."""
+    from telelens.core.hooked_transformer import HookedTransformer
+
+    t0 = time.perf_counter()
+    model = HookedTransformer.from_pretrained_no_processing(model_name)
+    t1 = time.perf_counter()
+    grid, labels = run_patching(model)
+    t2 = time.perf_counter()
+    title = f"resid_pre patching, {model.cfg.model_name}: {CORRUPT!r} <- {CLEAN!r}"
+    print_heatmap(grid, labels, title)
+    out = write_png(grid, labels, title, Path(png))
+    print(f"loaded in {t1 - t0:.1f}s, {grid.numel()} patched runs in {t2 - t1:.1f}s; heatmap written to {out}")
+    return out
