@@ -80,7 +80,9 @@ class HookedTransformer(HookedRootModule):
         else:
             self.rotary = Rotary(cfg)
         self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
-        self.ln_final = Norm(cfg) if cfg.normalization_type is not None else None
+        # A tied model keeps its final norm weights when the blocks' norms are folded.
+        final_kind = cfg.extra.get("ln_final_kind", cfg.normalization_type)
+        self.ln_final = Norm(cfg, kind=final_kind) if final_kind is not None else None
         self.unembed = Unembed(cfg)
         if cfg.tie_word_embeddings:
             self.unembed.weight = self.embed.W_E  # one tensor, two names
@@ -417,6 +419,7 @@ class HookedTransformer(HookedRootModule):
         ctx, positions = self._attention_context(tokens.shape[0], tokens.shape[1], attention_mask, past_kv_cache, device)
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         if hasattr(self, "pos_embed"):
+            positions = positions.expand(tokens.shape[0], -1)  # TransformerLens shape: [batch, pos]
             resid = embed + self.hook_pos_embed(self.pos_embed(positions))
         else:
             resid = embed
@@ -527,7 +530,7 @@ class HookedTransformer(HookedRootModule):
         return super().run_with_cache(*args, **kwargs)
 
     # ------------------------------------------------------------------ generation
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the returned tokens must be usable in autograd later
     def generate(self, input: ModelInput = "", max_new_tokens: int = 10, **kwargs: Any) -> Any:
         """Sample a continuation (greedy with ``do_sample=False``); see ``telelens.core.generation``."""
         from telelens.core.generation import generate

@@ -6,20 +6,18 @@ dependency-free (torch + numpy); model-level helpers belong in their own section
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import warnings
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
-
 __all__ = [
     "Slice",
     "SliceInput",
+    "as_slice",
     "get_act_name",
     "get_corner",
     "get_device",
@@ -172,7 +170,7 @@ def get_act_name(name: str, layer: int | str | None = None, layer_type: str | No
 
 
 # ------------------------------------------------------------------------------------------ slices
-SliceInput = Union[int, tuple[int, ...], list[int], torch.Tensor, np.ndarray, slice, None]
+SliceInput: TypeAlias = int | tuple[int, ...] | list[int] | torch.Tensor | np.ndarray | slice | None
 """What :class:`Slice` accepts: int, ``(stop,)``/``(start, stop[, step])``, indices, a slice, or None."""
 
 
@@ -233,3 +231,87 @@ class Slice:
 def as_slice(s: Slice | SliceInput) -> Slice:
     """``s`` as a :class:`Slice` (an int stays an int, dropping the dimension, as in TransformerLens)."""
     return s if isinstance(s, Slice) else Slice(s)
+
+
+# ------------------------------------------------------------------------------------ exploration
+def test_prompt(
+    prompt: str,
+    answer: str | list[str],
+    model: Any,
+    prepend_space_to_answer: bool = True,
+    print_details: bool = True,
+    prepend_bos: bool | None = None,
+    top_k: int = 10,
+) -> None:
+    """Print how well ``model`` predicts ``answer`` after ``prompt`` (TransformerLens's ``test_prompt``).
+
+    Prints the tokenized prompt and answer, then for each answer token its rank, logit and
+    probability and the ``top_k`` most likely tokens, and finally the answer tokens' ranks.
+    A list of answers compares their first tokens as alternative next tokens. Returns None.
+
+    Args:
+        prompt: The prompt, e.g. ``"Why did the elephant cross the"``.
+        answer: The answer (``"road"``), or a list of candidate answers.
+        model: A HookedTransformer with a tokenizer.
+        prepend_space_to_answer: Prefix a space unless the answer already starts with one.
+        print_details: Print the tokenization and the per-token details (the ranks always print).
+        prepend_bos: Overrides ``model.cfg.default_prepend_bos`` for the prompt.
+        top_k: How many of the most likely tokens to list per answer position.
+    """
+    from rich import print as rprint
+    from rich.markup import escape
+
+    answers = [answer] if isinstance(answer, str) else list(answer)
+    n_answers = len(answers)
+    multiple = n_answers > 1
+    if prepend_space_to_answer:
+        answers = [a if a.startswith(" ") else " " + a for a in answers]
+    prompt_tokens = model.to_tokens(prompt, prepend_bos=prepend_bos)  # [1, prompt_pos]
+    answer_tokens = model.to_tokens(answers, prepend_bos=False)  # [n_answers, answer_pos]
+    if multiple:  # alternatives: only the next token can be compared
+        answer_tokens = answer_tokens[:, :1]
+    tokens = torch.cat((prompt_tokens.expand(n_answers, -1), answer_tokens.to(prompt_tokens.device)), dim=1)
+    prompt_str_tokens = model.to_str_tokens(prompt, prepend_bos=prepend_bos)
+    answer_str_tokens = [model.to_str_tokens(a, prepend_bos=False) for a in answers]
+    prompt_len = prompt_tokens.shape[1]
+    answer_len = 1 if multiple else len(answer_str_tokens[0])
+
+    if print_details:
+        print("Tokenized prompt:", prompt_str_tokens)
+        if multiple:
+            print("Tokenized answers:", answer_str_tokens)
+        else:
+            print("Tokenized answer:", answer_str_tokens[0])
+    with torch.inference_mode():
+        logits = model(tokens).float()  # [n_answers, pos, d_vocab_out]
+    probs = logits.softmax(dim=-1)
+
+    answer_ranks: list[list[tuple[str, int]]] = []
+    rows = torch.arange(n_answers)
+    for index in range(prompt_len, prompt_len + answer_len):
+        target = tokens[:, index].cpu()  # [n_answers]
+        strs = [a[index - prompt_len] for a in answer_str_tokens]
+        token_probs = probs[:, index - 1].cpu()  # the prediction for position `index`
+        sorted_probs, sorted_ids = token_probs.sort(dim=-1, descending=True)
+        ranks = sorted_ids.argsort(dim=-1)[rows, target].tolist()
+        answer_ranks.append(list(zip(strs, ranks)))
+        if print_details:
+            rprint(
+                f"Performance on answer token{'s' if multiple else ''}:\n"
+                + "\n".join(
+                    f"[b]Rank: {ranks[i]: <8} Logit: {logits[i, index - 1, target[i]].item():5.2f} "
+                    f"Prob: {token_probs[i, target[i]].item():6.2%} Token: |{escape(strs[i])}|[/b]"
+                    for i in range(n_answers)
+                )
+            )
+            for i in range(min(top_k, sorted_ids.shape[-1])):
+                tok = int(sorted_ids[0, i])
+                print(
+                    f"Top {i}th token. Logit: {logits[0, index - 1, tok].item():5.2f} "
+                    f"Prob: {sorted_probs[0, i].item():6.2%} Token: |{model.to_string(torch.tensor(tok))}|"
+                )
+    summary = [r[0] for r in answer_ranks] if not multiple else answer_ranks
+    rprint(f"[b]Ranks of the answer tokens:[/b] {escape(str(summary))}")
+
+
+test_prompt.__test__ = False  # type: ignore[attr-defined]  # a helper, not a pytest test

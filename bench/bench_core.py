@@ -1,0 +1,168 @@
+"""Hooked-core speed against its peers, in one run, on the same weights.
+
+For each model (GPT-2-small-shaped random weights; the real SmolLM2-135M), batch 4 x 128:
+  telelens forward / HF forward
+  telelens run_with_cache(resid_post only) / HF forward
+  telelens run_with_cache(all hooks) / HF forward
+and the same for TransformerLens 3.9's HookedTransformer when it is installed
+(``bash bench/setup_env.sh`` makes bench/.venv with the peers). Variants run round-robin
+in one process after a warm-up; min and median are reported. Then the loading-memory
+benchmark (bench/load_memory.py) runs in fresh processes.
+
+    bench/.venv/bin/python bench/bench_core.py [--reps 7] [--models gpt2,smollm2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from telelens import HookedTransformer
+
+BATCH, SEQ = 4, 128
+
+
+def gpt2_models(tmp: Path) -> tuple[torch.nn.Module, HookedTransformer, Callable[[], object] | None]:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config()).eval()  # GPT-2 small shape: 12 layers, d_model 768, 50257 vocab
+    hf.save_pretrained(tmp / "gpt2")
+    ours = HookedTransformer.from_pretrained_no_processing(str(tmp / "gpt2"))
+
+    def tl() -> object:
+        from transformer_lens import HookedTransformer as TLModel
+        from transformer_lens import HookedTransformerConfig
+        from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+
+        cfg = HookedTransformerConfig(
+            n_layers=12, d_model=768, d_head=64, n_heads=12, d_mlp=3072, d_vocab=50257, n_ctx=SEQ,
+            act_fn="gelu_new", normalization_type="LN", original_architecture="GPT2LMHeadModel",
+        )  # fmt: skip
+        model = TLModel(cfg)
+        model.load_and_process_state_dict(
+            convert_gpt2_weights(hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
+            fold_value_biases=False,
+        )  # fmt: skip
+        return model.eval()
+
+    return hf, ours, tl
+
+
+def smollm2_models(tmp: Path) -> tuple[torch.nn.Module, HookedTransformer, Callable[[], object] | None]:
+    from transformers import AutoModelForCausalLM
+
+    from telelens.core.loading.resolve import smollm2_gguf_path
+
+    path = Path(smollm2_gguf_path())
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    ours = HookedTransformer.from_pretrained_no_processing("smollm2-135m")
+
+    def tl() -> object:
+        from transformer_lens import HookedTransformer as TLModel
+        from transformer_lens import HookedTransformerConfig
+        from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+
+        cfg = HookedTransformerConfig(
+            n_layers=30, d_model=576, d_head=64, n_heads=9, n_key_value_heads=3, d_mlp=1536, d_vocab=49152,
+            n_ctx=SEQ, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
+            rotary_base=100000, rotary_dim=64, gated_mlp=True, final_rms=True, eps=1e-5,
+            original_architecture="LlamaForCausalLM",
+        )  # fmt: skip
+        model = TLModel(cfg)
+        model.load_and_process_state_dict(
+            convert_llama_weights(hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
+            fold_value_biases=False,
+        )  # fmt: skip
+        return model.eval()
+
+    return hf, ours, tl
+
+
+def time_round_robin(variants: dict[str, Callable[[], object]], reps: int, warmup: int = 2) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for i in range(warmup + reps):
+        for name, fn in variants.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                times[name].append(dt)
+    return times
+
+
+def bench_model(label: str, hf: torch.nn.Module, ours: HookedTransformer, tl_factory: Callable[[], object] | None, reps: int) -> None:
+    vocab = ours.cfg.d_vocab
+    tokens = torch.randint(0, vocab, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = hf(tokens).logits
+        diff = (ours(tokens) - ref).abs().max().item()
+    print(f"\n== {label}: batch {BATCH} x {SEQ}; telelens vs HF max |logit diff| = {diff:.2e}")
+
+    def resid_post(n: str) -> bool:
+        return n.endswith("hook_resid_post")
+
+    variants: dict[str, Callable[[], object]] = {
+        "HF forward": lambda: hf(tokens).logits,
+        "telelens forward": lambda: ours(tokens),
+        "telelens cache(resid_post)": lambda: ours.run_with_cache(tokens, names_filter=resid_post),
+        "telelens cache(all)": lambda: ours.run_with_cache(tokens),
+    }
+    tl = None
+    if tl_factory is not None and importlib.util.find_spec("transformer_lens") is not None:
+        tl = tl_factory()
+        with torch.inference_mode():
+            tl_diff = (tl(tokens) - ref).abs().max().item()
+        print(f"   TransformerLens 3.9 vs HF max |logit diff| = {tl_diff:.2e}")
+        variants.update(
+            {
+                "TL3.9 forward": lambda: tl(tokens),
+                "TL3.9 cache(resid_post)": lambda: tl.run_with_cache(tokens, names_filter=resid_post),
+                "TL3.9 cache(all)": lambda: tl.run_with_cache(tokens),
+            }
+        )
+    else:
+        print("   (TransformerLens not installed here: run bench/setup_env.sh and use bench/.venv)")
+    with torch.inference_mode():
+        times = time_round_robin(variants, reps)
+    base = min(times["HF forward"])
+    print(f"   {'variant':28s} {'min ms':>9s} {'median ms':>10s} {'min / HF':>9s}")
+    for name, ts in times.items():
+        print(f"   {name:28s} {1e3 * min(ts):9.1f} {1e3 * statistics.median(ts):10.1f} {min(ts) / base:9.2f}x")
+    del tl
+    gc.collect()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--models", default="gpt2,smollm2")
+    parser.add_argument("--skip-load-memory", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {sys.platform}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            builder = {"gpt2": gpt2_models, "smollm2": smollm2_models}[name]
+            hf, ours, tl = builder(Path(tmp))
+            bench_model(name, hf, ours, tl, args.reps)
+            del hf, ours
+            gc.collect()
+    if not args.skip_load_memory:
+        print("\n== loading peak RSS (fresh processes)")
+        subprocess.run([sys.executable, str(Path(__file__).with_name("load_memory.py"))], check=True)
+
+
+if __name__ == "__main__":
+    main()
