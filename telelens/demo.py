@@ -44,20 +44,27 @@ def run_patching(model: Any) -> tuple[torch.Tensor, list[str]]:
 
 def print_heatmap(grid: torch.Tensor, labels: list[str], title: str) -> None:
     """A layer x position heatmap in the terminal (rich)."""
+    from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, show_lines=False, pad_edge=False)
+    # Columns are numbered positions (tokens listed below) so the grid fits an 80-column terminal.
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0), collapse_padding=True)
     table.add_column("layer", justify="right")
-    for label in labels:
-        table.add_column(label.replace("\n", "\\n"), justify="center")
+    for i in range(len(labels)):
+        table.add_column(f"p{i}", justify="center", min_width=6)
     for layer, row in enumerate(grid.tolist()):
         cells = []
         for v in row:
-            shade = max(0, min(255, int(255 * (1 - max(0.0, min(1.0, v))))))
-            cells.append(f"[on rgb(255,{shade},{shade})] {v:+.2f} [/]")
+            level = max(-1.0, min(1.0, v))
+            fade = int(255 * (1 - abs(level)))
+            color = f"rgb({fade},{fade},255)" if level >= 0 else f"rgb(255,{fade},{fade})"
+            cells.append(f"[black on {color}]{v:+.2f}[/]")
         table.add_row(str(layer), *cells)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print("positions: " + "  ".join(escape(f"p{label}") for label in labels))
 
 
 def write_png(grid: torch.Tensor, labels: list[str], title: str, path: Path) -> Path:
@@ -71,7 +78,7 @@ def write_png(grid: torch.Tensor, labels: list[str], title: str, path: Path) -> 
     im = ax.imshow(grid.numpy(), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_ylabel("layer")
-    ax.set_title(title)
+    ax.set_title(title.replace(": ", ":\n", 1), fontsize=10)
     fig.colorbar(im, ax=ax, label="logit difference restored")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

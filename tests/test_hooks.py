@@ -298,3 +298,16 @@ def test_generate_sampling_is_seeded_and_stops_at_eos(model, tokens):
     eos = int(greedy[0, -1])
     out = model.generate(tokens[:1, :4], max_new_tokens=8, do_sample=False, eos_token_id=eos, verbose=False)
     assert out.shape[1] == 5 and int(out[0, -1]) == eos
+
+
+def test_in_place_hooks_on_split_projections_work_under_autograd(model, tokens):
+    def zero_head(t, hook):
+        t[:, :, 0] = 0.0
+        return t
+
+    names = ["blocks.0.attn.hook_q", "blocks.0.attn.hook_k", "blocks.0.attn.hook_v", "blocks.0.mlp.hook_pre"]
+    if model.cfg.gated_mlp:
+        names.append("blocks.0.mlp.hook_pre_linear")
+    loss = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(n, zero_head) for n in names])
+    loss.backward()
+    assert model.embed.W_E.grad is not None

@@ -188,7 +188,11 @@ class Attention(nn.Module):
             assert value_input is not None
             q, k, v = self._project_per_head(query_input, key_input, value_input)
         b, p = q.shape[:2]
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        # Split outputs are views of one tensor; hooks may edit in place under autograd, so
+        # a listened-to projection gets its own storage (only then: no cost when silent).
+        q = self.hook_q(q.clone() if self.hook_q.active else q)
+        k = self.hook_k(k.clone() if self.hook_k.active else k)
+        v = self.hook_v(v.clone() if self.hook_v.active else v)
         if ctx.rotary is not None:
             cos, sin = ctx.rotary
             q = self.hook_rot_q(apply_rotary(q, cos, sin, self.cfg.rotary_adjacent_pairs))

@@ -85,6 +85,9 @@ class MLP(nn.Module):
         h = F.linear(x, self.in_weight, self.in_bias)  # [batch, pos, n_in]
         if self.gated:
             gate, lin = h.split(self.d_mlp, dim=-1)
+            # Split outputs are views; a hook editing one in place under autograd needs its own copy.
+            gate = gate.clone() if self.hook_pre.active else gate
+            lin = lin.clone() if self.hook_pre_linear.active else lin
             post = self.hook_post(self.act(self.hook_pre(gate)) * self.hook_pre_linear(lin))
         else:
             post = self.hook_post(self.act(self.hook_pre(h)))  # [batch, pos, d_mlp]

@@ -121,6 +121,16 @@ def supported_architectures() -> list[str]:
     return sorted(a for adapter in _REGISTRY for a in adapter.architectures)
 
 
+def architecture_name(hf_config: Any) -> str | None:
+    """``config.architectures[0]``, else the causal-LM class transformers uses for ``model_type``."""
+    names = getattr(hf_config, "architectures", None)
+    if names:
+        return str(names[0])
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(hf_config, "model_type", None))
+
+
 def get_adapter(hf_config: Any) -> ArchitectureAdapter:
     """The adapter for a Hugging Face config (by ``architectures``, else ``model_type``)."""
     _load_builtin()

@@ -1,0 +1,297 @@
+"""TransformerLens-style calls as intervention graphs: ``run_with_cache`` and ``run_with_hooks``.
+
+``build_*`` turn a call into ``(ir.Graph, Decode)``; ``Decode`` maps the executor's saved
+values back to what TransformerLens returns. ``run_with_cache(backend, ...)`` and
+``run_with_hooks(backend, ...)`` do both around ``backend.execute``; a model class (local or
+remote) wraps the cache dict in its ``ActivationCache``.
+
+Names filters are evaluated here, against the model's hook list: only explicit hook names
+travel, and a misspelt name fails before anything is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from telelens.client.backend import GraphBackend
+from telelens.client.graph import GraphBuilder, UnknownHookError, hook_suggestions
+from telelens.client.ops import HookOp, Metric
+from telelens.client.ops import python as python_op
+from telelens.client.proxies import RunProxy, ValueProxy, make_run, save
+from telelens.protos import ir
+
+NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
+ModelInput = str | Sequence[str] | torch.Tensor
+RETURN_TYPES = ("logits", "loss", None)
+
+
+def resolve_names_filter(names_filter: NamesFilter, hook_names: Sequence[str]) -> list[str]:
+    """The hook names a TransformerLens names filter selects, in forward order.
+
+    ``None`` selects every hook; a str or list names hooks explicitly (unknown names raise
+    ``UnknownHookError`` listing close matches); a callable is called on each hook name.
+    """
+    if names_filter is None:
+        return list(hook_names)
+    if callable(names_filter):
+        return [n for n in hook_names if names_filter(n)]
+    explicit = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+    if not all(isinstance(n, str) for n in explicit):
+        raise TypeError("names_filter must be None, a hook name, a list of hook names, or a callable")
+    known = set(hook_names)
+    unknown = [n for n in explicit if n not in known]
+    if unknown:
+        lines = "; ".join(f"{n!r}{hook_suggestions(n, hook_names)}" for n in unknown)
+        raise UnknownHookError(f"unknown hook point(s): {lines}")
+    wanted = set(explicit)
+    return [n for n in hook_names if n in wanted]
+
+
+@dataclass(frozen=True)
+class Decode:
+    """How to read an execution result: which save is the model output, which the cache."""
+
+    output: str | None = None
+    """Save name of the output (logits, loss or a metric); None when nothing is returned."""
+    cache: dict[str, str] = field(default_factory=dict)
+    """Save name -> hook name, in forward order."""
+
+    def __call__(
+        self, result: Mapping[str, torch.Tensor], device: str | torch.device | None = None
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t if device is None else t.to(device)
+
+        output = None if self.output is None else move(result[self.output])
+        return output, {hook: move(result[name]) for name, hook in self.cache.items()}
+
+
+def _start(
+    input: ModelInput,
+    hook_names: Sequence[str] | None,
+    cfg: Any,
+    allow_code: bool,
+    prepend_bos: bool | None,
+    attention_mask: torch.Tensor | None,
+    return_type: str | None,
+    to_tokens: Callable[..., torch.Tensor] | None,
+) -> tuple[GraphBuilder, RunProxy, torch.Tensor | None]:
+    """A builder with one run; for ``return_type="loss"`` also the token ids (loss needs them)."""
+    if return_type not in RETURN_TYPES:
+        raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
+    builder = GraphBuilder(hook_names, cfg, allow_code=allow_code)
+    tokens = None
+    if return_type == "loss":
+        if attention_mask is not None:
+            raise ValueError("return_type='loss' with an attention_mask is not supported here")
+        if isinstance(input, str):
+            if to_tokens is None:
+                raise ValueError(
+                    "return_type='loss' needs token ids: pass tokens, or use a backend with to_tokens"
+                )
+            tokens = to_tokens(input) if prepend_bos is None else to_tokens(input, prepend_bos=prepend_bos)
+        elif isinstance(input, (list, tuple)) and input and isinstance(input[0], str):
+            raise ValueError(
+                "return_type='loss' over a padded batch of texts is not supported: pass token ids"
+            )
+        else:
+            tokens = torch.as_tensor(input)
+            tokens = tokens[None] if tokens.dim() == 1 else tokens
+        input = tokens
+    run = make_run(builder, input, prepend_bos=prepend_bos, attention_mask=attention_mask)
+    return builder, run, tokens
+
+
+def _loss(run: RunProxy, tokens: torch.Tensor) -> ValueProxy:
+    """Mean next-token cross-entropy, computed as the core's ``loss_fn`` does."""
+    log_probs = run.logits[:, :-1].float().log_softmax(-1)  # [batch, pos - 1, d_vocab_out]
+    nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, pos - 1]
+    return nll.mean()
+
+
+def _output(
+    builder: GraphBuilder, run: RunProxy, return_type: str | None, tokens: torch.Tensor | None
+) -> str | None:
+    if return_type == "logits":
+        return save(builder, run.logits, "logits").name
+    if return_type == "loss":
+        assert tokens is not None
+        return save(builder, _loss(run, tokens), "loss").name
+    return None
+
+
+def _pos_index(hook: str, pos_slice: Any, remove_batch_dim: bool) -> tuple[Any, ...]:
+    """TransformerLens ``pos_slice``: ints keep the dim; patterns/scores slice the query dim."""
+    if isinstance(pos_slice, int):
+        pos_slice = slice(pos_slice, pos_slice + 1 if pos_slice != -1 else None)
+    elif not isinstance(pos_slice, slice):
+        pos_slice = torch.as_tensor(pos_slice, dtype=torch.long)
+    if hook.endswith(("hook_pattern", "hook_attn_scores")):
+        return (..., pos_slice, slice(None))  # query_pos is dim -2
+    return (slice(None),) * (0 if remove_batch_dim else 1) + (pos_slice,)
+
+
+def build_run_with_cache_graph(
+    input: ModelInput,
+    names_filter: NamesFilter,
+    hook_names: Sequence[str],
+    *,
+    return_type: str | None = "logits",
+    return_logits: bool = True,
+    prepend_bos: bool | None = None,
+    attention_mask: torch.Tensor | None = None,
+    pos_slice: Any = None,
+    remove_batch_dim: bool = False,
+    dtype: str | torch.dtype | None = None,
+    cfg: Any = None,
+    to_tokens: Callable[..., torch.Tensor] | None = None,
+) -> tuple[ir.Graph, Decode]:
+    """One run, a Save per selected hook (named after the hook) and the output.
+
+    ``return_type`` is the model output as in TransformerLens ("logits", "loss", None);
+    ``return_logits=False`` is the same as ``return_type=None``. ``pos_slice`` and
+    ``remove_batch_dim`` are applied before the Save, so only the slice travels; ``dtype``
+    casts every cached activation on the executor.
+    """
+    if not return_logits:
+        return_type = None
+    builder, run, tokens = _start(
+        input, hook_names, cfg, False, prepend_bos, attention_mask, return_type, to_tokens
+    )
+    cache: dict[str, str] = {}
+    for hook in resolve_names_filter(names_filter, hook_names):
+        value: ValueProxy = run[hook]
+        if remove_batch_dim:
+            value = value[0]
+        if pos_slice is not None:
+            value = value[_pos_index(hook, pos_slice, remove_batch_dim)]
+        cache[save(builder, value, hook, dtype).name] = hook
+    output = _output(builder, run, return_type, tokens)
+    return builder.graph(), Decode(output, cache)
+
+
+def _as_op(fn: Any, allow_code: bool) -> HookOp:
+    if isinstance(fn, HookOp):
+        return fn
+    if callable(fn):
+        if not allow_code:
+            raise PermissionError(
+                f"{getattr(fn, '__name__', fn)!r} is a Python hook function, which would run as code on "
+                "the executor: use a declarative op from telelens.client.ops (patch, zero_ablate, "
+                "mean_ablate, ...), or pass allow_code=True where code is allowed"
+            )
+        return python_op(fn)
+    raise TypeError(f"a hook must be an op from telelens.client.ops or a function, got {type(fn).__name__}")
+
+
+def build_run_with_hooks_graph(
+    input: ModelInput,
+    fwd_hooks: Sequence[tuple[str | Callable[[str], bool], Any]],
+    hook_names: Sequence[str],
+    *,
+    return_type: str | None = "logits",
+    metric: Metric | None = None,
+    prepend_bos: bool | None = None,
+    attention_mask: torch.Tensor | None = None,
+    allow_code: bool = False,
+    cfg: Any = None,
+    to_tokens: Callable[..., torch.Tensor] | None = None,
+) -> tuple[ir.Graph, Decode]:
+    """One run with each ``(name_or_filter, op)`` applied, returning the output or ``metric``.
+
+    Ops at one hook apply in the order given (as TransformerLens runs hooks). With a
+    ``metric`` (from :mod:`telelens.client.ops`) only its value comes back, not the logits.
+    """
+    builder, run, tokens = _start(
+        input,
+        hook_names,
+        cfg,
+        allow_code,
+        prepend_bos,
+        attention_mask,
+        None if metric else return_type,
+        to_tokens,
+    )
+    for target, fn in fwd_hooks:
+        op = _as_op(fn, allow_code)
+        names = [target] if isinstance(target, str) else resolve_names_filter(target, hook_names)
+        for hook in names:
+            op.to_nodes(builder, run, hook)
+    if metric is not None:
+        if not isinstance(metric, Metric):
+            raise TypeError("metric must be a metric from telelens.client.ops (logit_diff, logit, log_prob)")
+        output: str | None = save(builder, metric.to_nodes(builder, run), "metric").name
+    else:
+        output = _output(builder, run, return_type, tokens)
+    return builder.graph(), Decode(output, {})
+
+
+def _backend_parts(backend: GraphBackend) -> dict[str, Any]:
+    return {"cfg": getattr(backend, "cfg", None), "to_tokens": getattr(backend, "to_tokens", None)}
+
+
+def run_with_cache(
+    backend: GraphBackend,
+    input: ModelInput,
+    names_filter: NamesFilter = None,
+    *,
+    return_type: str | None = "logits",
+    prepend_bos: bool | None = None,
+    attention_mask: torch.Tensor | None = None,
+    pos_slice: Any = None,
+    remove_batch_dim: bool = False,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    incl_bwd: bool = False,
+    **ignored: Any,
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """``(output, {hook: activation})`` like ``HookedTransformer.run_with_cache`` (wrap the dict in
+    an ActivationCache yourself). ``reset_hooks_end``/``clear_contexts`` are accepted and ignored:
+    a graph leaves no hooks behind."""
+    if incl_bwd:
+        raise NotImplementedError("incl_bwd: gradients are not part of the intervention graph")
+    _check_ignored(ignored, "run_with_cache")
+    graph, decode = build_run_with_cache_graph(
+        input, names_filter, backend.hook_names, return_type=return_type, prepend_bos=prepend_bos,
+        attention_mask=attention_mask, pos_slice=pos_slice, remove_batch_dim=remove_batch_dim, dtype=dtype,
+        **_backend_parts(backend),
+    )  # fmt: skip
+    return decode(backend.execute(graph, allow_code=False), device=device)
+
+
+def run_with_hooks(
+    backend: GraphBackend,
+    input: ModelInput,
+    fwd_hooks: Sequence[tuple[str | Callable[[str], bool], Any]] = (),
+    *,
+    return_type: str | None = "logits",
+    metric: Metric | None = None,
+    prepend_bos: bool | None = None,
+    attention_mask: torch.Tensor | None = None,
+    allow_code: bool = False,
+    bwd_hooks: Sequence[Any] = (),
+    **ignored: Any,
+) -> torch.Tensor | None:
+    """The output (logits, loss, the ``metric``, or None) with ``fwd_hooks`` applied, like
+    ``HookedTransformer.run_with_hooks``; ``reset_hooks_end``/``clear_contexts`` are ignored."""
+    if bwd_hooks:
+        raise NotImplementedError("bwd_hooks: gradients are not part of the intervention graph")
+    _check_ignored(ignored, "run_with_hooks")
+    graph, decode = build_run_with_hooks_graph(
+        input, fwd_hooks, backend.hook_names, return_type=return_type, metric=metric, prepend_bos=prepend_bos,
+        attention_mask=attention_mask, allow_code=allow_code, **_backend_parts(backend),
+    )  # fmt: skip
+    return decode(backend.execute(graph, allow_code=allow_code))[0]
+
+
+_IGNORED = ("reset_hooks_end", "clear_contexts", "return_cache_object")
+
+
+def _check_ignored(kwargs: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(set(kwargs) - set(_IGNORED))
+    if unknown:
+        raise TypeError(f"{where}() got unsupported argument(s) {unknown}")

@@ -1,0 +1,204 @@
+"""Planning: which runs execute, in what order, batched how, hooked where, stopped when.
+
+- Liveness: only what a Save needs is computed. A run executes when a needed Read or a
+  sweep's clean activation comes from it, or when it carries a code hook.
+- Order: units (runs and sweeps) are sorted into levels; a unit's level is one more than
+  that of any unit it needs, so units of one level are independent of each other.
+- Batching: runs of one level with the same number of positions, no attention mask and no
+  code hook share ONE forward pass, concatenated along the batch; each run's hooks act on
+  its own rows.
+- Hook placement: hooks go only on points the graph reads, writes, code-hooks or a sweep
+  patches from. Ops at one hook run in node order; a sweep's capture comes last.
+- Early stop: a pass that reads (or code-hooks) nothing after block L stops there
+  (``stop_at_layer=L+1``), skipping the later blocks, the final norm and the unembedding;
+  writes after that point could not change anything read, so they are skipped too.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from telelens.core.graph.structure import metric_outer_refs, value_refs
+from telelens.core.graph.sweep import SweepGeometry
+from telelens.core.graph.validate import CheckedGraph, RunShape
+from telelens.protos import ir
+
+if TYPE_CHECKING:
+    from telelens.core.hooked_transformer import HookedTransformer
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Keep the value leaving a hook as the clean activation of ``sweep`` at ``layer``."""
+
+    sweep: int
+    layer: int
+
+
+HookOp = ir.Read | ir.Write | ir.CodeHook | Capture
+
+
+@dataclass
+class Member:
+    """One run inside a (possibly batched) forward pass."""
+
+    run: ir.Run
+    shape: RunShape
+    ops: dict[str, list[HookOp]] = field(default_factory=dict)
+    """Hook name (``"logits"`` included) -> what to do there, in node order."""
+    rows: slice = field(default_factory=lambda: slice(None))
+    """This run's rows of the batched pass."""
+    has_code: bool = False
+
+
+@dataclass
+class RunGroup:
+    """One forward pass over the concatenated tokens of its members."""
+
+    members: list[Member]
+    stop_at_layer: int | None
+
+
+@dataclass
+class SweepStep:
+    sweep: ir.Sweep
+    geometry: SweepGeometry
+
+
+Step = RunGroup | SweepStep
+
+
+@dataclass
+class Plan:
+    steps: list[Step]
+    n_passes: int
+    """Forward passes in all: one per group, one per sweep cell (for progress reports)."""
+    has_code: bool
+
+
+def make_plan(model: HookedTransformer, checked: CheckedGraph, batch_runs: bool = True) -> Plan:
+    """Plan the execution of a validated graph."""
+    nodes = checked.nodes
+    needed, executed, sweeps = _liveness(checked)
+    hooked: dict[int, list[HookOp]] = defaultdict(list)  # run id -> its hook nodes, in node order
+    for nid in sorted(nodes):
+        n = nodes[nid]
+        if isinstance(n, (ir.Write, ir.CodeHook)) or (isinstance(n, ir.Read) and nid in needed):
+            hooked[n.run].append(n)
+    members = {rid: _member(checked, rid, hooked[rid], sweeps) for rid in sorted(executed)}
+
+    units = executed | sweeps
+    levels = _levels(units, {u: set(checked.deps.needs.get(u, {})) & units for u in units})
+    steps: list[Step] = []
+    for level in sorted(set(levels.values())):
+        batches: dict[object, list[Member]] = defaultdict(list)
+        for u in sorted(u for u in units if levels[u] == level):
+            if u in members:
+                m = members[u]
+                batchable = batch_runs and not m.has_code and m.run.attention_mask is None
+                batchable = batchable and m.shape.attention_mask is None
+                batches[("pos", m.shape.pos) if batchable else ("run", u)].append(m)
+        for group in batches.values():
+            steps.append(_group(model, checked, group))
+        for u in sorted(u for u in sweeps if levels[u] == level):
+            sweep = nodes[u]
+            assert isinstance(sweep, ir.Sweep)
+            steps.append(SweepStep(sweep, checked.sweeps[u]))
+    n_passes = sum(1 if isinstance(s, RunGroup) else s.geometry.n_cells for s in steps)
+    has_code = any(m.has_code for m in members.values())
+    return Plan(steps, n_passes, has_code)
+
+
+def _liveness(checked: CheckedGraph) -> tuple[set[int], set[int], set[int]]:
+    """(needed value nodes, runs to execute, sweeps to run), following refs back from the Saves."""
+    nodes = checked.nodes
+    writes: dict[int, list[ir.Write]] = defaultdict(list)
+    for n in nodes.values():
+        if isinstance(n, ir.Write):
+            writes[n.run].append(n)
+    needed: set[int] = set()
+    executed: set[int] = set()
+    sweeps: set[int] = set()
+    stack: list[int] = [n.id for n in nodes.values() if isinstance(n, ir.Save)]
+
+    def execute_run(rid: int) -> None:
+        if rid not in executed:
+            executed.add(rid)
+            stack.extend(r for _, r in value_refs(nodes[rid]))
+            for w in writes[rid]:
+                stack.extend(r for _, r in value_refs(w))
+
+    for n in nodes.values():
+        if isinstance(n, ir.CodeHook):
+            execute_run(n.run)
+    while stack:
+        nid = stack.pop()
+        if nid in needed or nid not in nodes:
+            continue
+        needed.add(nid)
+        node = nodes[nid]
+        stack.extend(r for _, r in value_refs(node))
+        if isinstance(node, ir.Read):
+            execute_run(node.run)
+        elif isinstance(node, ir.Sweep):
+            sweeps.add(nid)
+            execute_run(node.clean)
+            stack.extend(r for _, r in value_refs(nodes[node.corrupted]))
+            stack.extend(r for _, _, r in metric_outer_refs(node))
+    return needed, executed, sweeps
+
+
+def _member(checked: CheckedGraph, rid: int, hooked: list[HookOp], sweeps: set[int]) -> Member:
+    run = checked.nodes[rid]
+    assert isinstance(run, ir.Run)
+    m = Member(run=run, shape=checked.runs[rid])
+    for n in hooked:
+        assert not isinstance(n, Capture)
+        m.ops.setdefault(n.hook, []).append(n)
+        m.has_code = m.has_code or isinstance(n, ir.CodeHook)
+    for sid in sorted(sweeps):
+        sweep = checked.nodes[sid]
+        assert isinstance(sweep, ir.Sweep)
+        if sweep.clean == rid:
+            for layer, hook in enumerate(checked.sweeps[sid].hooks):
+                m.ops.setdefault(hook, []).append(Capture(sid, layer))
+    return m
+
+
+def _levels(units: set[int], needs: dict[int, set[int]]) -> dict[int, int]:
+    """Longest-path level of every unit (validation has ruled out cycles)."""
+    level: dict[int, int] = {}
+    remaining = set(units)
+    while remaining:
+        ready = [u for u in remaining if all(v in level for v in needs[u] if v != u)]
+        if not ready:
+            raise RuntimeError(
+                f"dependency cycle among units {sorted(remaining)} (validation should have refused it)"
+            )
+        for u in ready:
+            level[u] = 1 + max((level[v] for v in needs[u] if v != u), default=-1)
+        remaining -= set(ready)
+    return level
+
+
+def _group(model: HookedTransformer, checked: CheckedGraph, members: list[Member]) -> RunGroup:
+    assert checked.table is not None
+    start = 0
+    for m in members:
+        m.rows = slice(start, start + m.shape.batch)
+        start += m.shape.batch
+    # A write after the last value anyone needs changes nothing anyone sees: it does not extend the pass.
+    table = checked.table
+    last = max(
+        (
+            table.layer(h)
+            for m in members
+            for h, ops in m.ops.items()
+            if any(not isinstance(o, ir.Write) for o in ops)
+        ),
+        default=-1,
+    )
+    stop = None if last >= model.cfg.n_layers else last + 1
+    return RunGroup(members, stop)

@@ -1,0 +1,302 @@
+"""The intervention graph as plain Python values: the contract between builder and executor.
+
+A graph is a small SSA program: a tuple of nodes, each with an id larger than every id it
+refers to (so a graph cannot have a cycle). The client builds these objects, the codec
+(``telelens.protos.codec``) turns them into ``telelens.v1.Graph`` protobuf messages and
+back, and the executor (``telelens.core.graph``) runs them. This module imports neither
+torch nor protobuf, so every layer can depend on it.
+
+Nodes:
+
+- ``Run``: a forward pass over token ids (a ``Constant``) or texts the server tokenizes.
+- ``Read(run, hook)``: an activation (``hook="logits"`` is the model output).
+- ``Write(run, hook, value, index, mode)``: replace (``set``), ``add`` to or ``mul`` part of one.
+- ``Constant``, ``Weight(name)``: uploaded tensors and model weights (``W_U``, ``blocks.3.attn.W_O``).
+- ``Index``, ``Binary``, ``Unary``, ``Reduce``, ``Gather``, ``Reshape``, ``Transpose``: tensor ops.
+- ``Save(input, name, dtype)``: the only values that come back.
+- ``CodeHook(run, hook, payload)``: a cloudpickled ``fn(tensor, hook=...)``, run only where allowed.
+- ``Sweep``: an activation-patching grid over layers x positions (x heads) with a metric sub-graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+GRAPH_VERSION = 1
+"""Bumped only for changes an old executor cannot run; fields are only ever added."""
+
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
+DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "bool"]
+
+BINARY_OPS = ("add", "sub", "mul", "div", "pow", "matmul", "maximum", "minimum")
+UNARY_OPS = ("neg", "abs", "exp", "log", "sqrt", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "clamp", "float")
+REDUCE_OPS = ("sum", "mean", "max", "min", "argmax", "argmin", "norm", "logsumexp")
+WRITE_MODES = ("set", "add", "mul")
+LOGITS = "logits"
+"""Pseudo hook name: the model's output logits [batch, pos, d_vocab_out]."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to an earlier node's value."""
+
+    node: int
+
+
+@dataclass(frozen=True)
+class Slice:
+    """``start:stop:step`` on one dimension."""
+
+    start: int | None = None
+    stop: int | None = None
+    step: int | None = None
+
+
+class _EllipsisItem:
+    """``...`` in an index (a singleton, compared by identity)."""
+
+    _instance: _EllipsisItem | None = None
+
+    def __new__(cls) -> _EllipsisItem:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "ELLIPSIS"
+
+
+class _NewAxisItem:
+    """``None`` in an index: insert a dimension of size 1."""
+
+    _instance: _NewAxisItem | None = None
+
+    def __new__(cls) -> _NewAxisItem:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NEW_AXIS"
+
+
+ELLIPSIS = _EllipsisItem()
+NEW_AXIS = _NewAxisItem()
+
+IndexItem = Union[int, Slice, _EllipsisItem, _NewAxisItem, Ref]
+"""One item of an index: an int, a slice, ``...``, a new axis, or a node holding int/bool indices."""
+Operand = Union[Ref, float]
+"""A node's value or a Python scalar."""
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """A tensor as raw little-endian bytes: what travels on the wire."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class Node:
+    id: int
+
+
+@dataclass(frozen=True)
+class Run(Node):
+    """A forward pass. Exactly one of ``tokens`` (a node with int ids [batch, pos]) or ``text``."""
+
+    tokens: Ref | None = None
+    text: tuple[str, ...] = ()
+    prepend_bos: bool | None = None
+    attention_mask: Ref | None = None
+
+
+@dataclass(frozen=True)
+class Read(Node):
+    run: int
+    hook: str
+
+
+@dataclass(frozen=True)
+class Write(Node):
+    run: int
+    hook: str
+    value: Operand
+    index: tuple[IndexItem, ...] = ()
+    mode: str = "set"
+
+
+@dataclass(frozen=True)
+class Constant(Node):
+    """An uploaded tensor. ``value`` is TensorData on the wire; local mode may hold a torch tensor."""
+
+    value: object
+
+
+@dataclass(frozen=True)
+class Weight(Node):
+    """A model weight by name: ``W_U``, ``W_E``, ``W_O`` (stacked), ``blocks.3.attn.W_O``, ..."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Index(Node):
+    input: Ref
+    index: tuple[IndexItem, ...]
+
+
+@dataclass(frozen=True)
+class Binary(Node):
+    op: str
+    a: Operand
+    b: Operand
+
+
+@dataclass(frozen=True)
+class Unary(Node):
+    op: str
+    input: Ref
+    dim: int | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class Reduce(Node):
+    op: str
+    input: Ref
+    dims: tuple[int, ...] | None = None
+    keepdim: bool = False
+
+
+@dataclass(frozen=True)
+class Gather(Node):
+    input: Ref
+    dim: int
+    index: Ref
+
+
+@dataclass(frozen=True)
+class Reshape(Node):
+    input: Ref
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Transpose(Node):
+    input: Ref
+    dim0: int
+    dim1: int
+
+
+@dataclass(frozen=True)
+class Save(Node):
+    input: Ref
+    name: str
+    dtype: str | None = None
+
+
+@dataclass(frozen=True)
+class CodeHook(Node):
+    """A cloudpickled ``fn(tensor, *, hook) -> tensor | None`` installed at ``hook`` of ``run``."""
+
+    run: int
+    hook: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Sweep(Node):
+    """Activation patching over a grid, executed by the server as one operation.
+
+    For every cell of ``axes`` (a subset of "layer", "pos", "head", in that order), the
+    ``activation`` (a TransformerLens short name like "resid_pre", "attn_out", "z") of the
+    ``clean`` run is patched into the ``corrupted`` run at that cell, and ``metric`` is
+    evaluated. ``metric`` is a sub-graph: its node ``metric_input`` is a placeholder
+    (``SweepLogits``) for the patched run's logits and ``metric_output`` is a scalar.
+    The node's value is the grid, shaped by ``axes``.
+    """
+
+    corrupted: int
+    clean: int
+    activation: str
+    axes: tuple[str, ...]
+    metric: tuple[Node, ...]
+    metric_input: int
+    metric_output: int
+
+
+@dataclass(frozen=True)
+class SweepLogits(Node):
+    """Placeholder inside a sweep's metric sub-graph: the patched run's logits."""
+
+
+NODE_TYPES: tuple[type[Node], ...] = (
+    Run, Read, Write, Constant, Weight, Index, Binary, Unary, Reduce, Gather, Reshape, Transpose, Save,
+    CodeHook, Sweep, SweepLogits,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Graph:
+    nodes: tuple[Node, ...]
+    version: int = GRAPH_VERSION
+
+    def node(self, node_id: int) -> Node:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    @property
+    def saves(self) -> list[Save]:
+        return [n for n in self.nodes if isinstance(n, Save)]
+
+
+@dataclass(frozen=True)
+class GraphError:
+    """One reason a graph was refused: which node, which field, why."""
+
+    node_id: int | None
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = "graph" if self.node_id is None else f"node {self.node_id}"
+        return f"{where}, {self.field}: {self.reason}" if self.field else f"{where}: {self.reason}"
+
+
+class GraphValidationError(ValueError):
+    """A graph was refused before any forward pass; ``errors`` names every offending node."""
+
+    def __init__(self, errors: list[GraphError]) -> None:
+        self.errors = list(errors)
+        lines = "\n  ".join(str(e) for e in self.errors)
+        super().__init__(f"invalid intervention graph ({len(self.errors)} error(s)):\n  {lines}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Ceilings checked before execution (the server sets them per key)."""
+
+    max_nodes: int = 10_000
+    max_tokens: int = 65_536
+    max_constant_bytes: int = 1 << 30
+    max_result_bytes: int = 4 << 30
+    max_sweep_cells: int = 100_000
+    allow_code: bool = False
+
+
+@dataclass
+class ExecutionResult:
+    """What comes back: saved values by name (torch tensors in core, TensorData on the wire)."""
+
+    values: dict[str, object] = field(default_factory=dict)

@@ -1,0 +1,78 @@
+"""``ir.TensorData`` <-> torch tensors (imports torch when called, never on import).
+
+The wire format is raw little-endian C-contiguous bytes; numpy does the byte work
+(``tobytes`` / ``frombuffer``), and bfloat16, which numpy lacks, travels as int16 bits.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import ir
+from .structure import ITEMSIZE
+
+if TYPE_CHECKING:
+    import torch
+
+# Wire dtype -> little-endian numpy dtype of the same bytes (bfloat16: its raw bits).
+_NUMPY: dict[str, str] = {
+    "float32": "<f4",
+    "float16": "<f2",
+    "bfloat16": "<i2",
+    "float64": "<f8",
+    "int64": "<i8",
+    "int32": "<i4",
+    "bool": "|b1",
+}
+
+
+def _torch_dtypes() -> dict[Any, str]:
+    import torch
+
+    return {
+        torch.float32: "float32",
+        torch.float16: "float16",
+        torch.bfloat16: "bfloat16",
+        torch.float64: "float64",
+        torch.int64: "int64",
+        torch.int32: "int32",
+        torch.bool: "bool",
+    }
+
+
+def tensor_data_from_torch(t: torch.Tensor) -> ir.TensorData:
+    """A copy of ``t`` (any device, any strides, no grad) as wire bytes."""
+    import torch
+
+    name = _torch_dtypes().get(t.dtype)
+    if name is None:
+        raise ValueError(f"dtype {t.dtype} cannot travel; use one of {', '.join(ir.DTYPES)}")
+    t = t.detach().cpu().contiguous()
+    if name == "bfloat16":
+        t = t.view(torch.int16)  # numpy has no bfloat16: ship the bits
+    array = t.numpy()
+    data = array.astype(np.dtype(_NUMPY[name]), copy=False).tobytes()  # little-endian even on BE hosts
+    return ir.TensorData(name, tuple(t.shape), data)
+
+
+def tensor_data_to_torch(td: ir.TensorData, device: str | torch.device | None = None) -> torch.Tensor:
+    """A new, writable tensor holding ``td``'s values (on ``device`` if given)."""
+    import torch
+
+    if td.dtype not in _NUMPY:
+        raise ValueError(f"unknown dtype {td.dtype!r}")
+    numel = 1
+    for d in td.shape:
+        numel *= d
+    if any(d < 0 for d in td.shape) or len(td.data) != numel * ITEMSIZE[td.dtype]:
+        raise ValueError(f"{len(td.data)} bytes do not fit shape {list(td.shape)} x {td.dtype}")
+    # frombuffer over a bytearray copy: writable memory, so torch.from_numpy does not warn.
+    array = np.frombuffer(bytearray(td.data), dtype=np.dtype(_NUMPY[td.dtype])).reshape(td.shape)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    t = torch.from_numpy(array)
+    if td.dtype == "bfloat16":
+        t = t.view(torch.bfloat16)
+    return t if device is None else t.to(device)
