@@ -140,6 +140,12 @@ class HookedTransformer(HookedRootModule):
         """
         from telelens.core.loading import load_pretrained
 
+        if checkpoint_index is not None or checkpoint_value is not None:
+            raise NotImplementedError(
+                "training checkpoints (checkpoint_index/checkpoint_value) are not supported yet: "
+                "pass the checkpoint's folder as model_name instead"
+            )
+
         return load_pretrained(
             cls,
             model_name,
@@ -256,7 +262,7 @@ class HookedTransformer(HookedRootModule):
         prepend = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
         side = padding_side or self.cfg.default_padding_side
         ids: list[list[int]] = [tok.encode(t, add_special_tokens=False) for t in texts]
-        if prepend and not self.cfg.tokenizer_prepends_bos:
+        if prepend:  # encoded without special tokens above, so BOS is ours to add
             if tok.bos_token_id is None:
                 raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
             ids = [[tok.bos_token_id, *x] for x in ids]
@@ -536,6 +542,24 @@ class HookedTransformer(HookedRootModule):
         from telelens.core.generation import generate
 
         return generate(self, input, max_new_tokens=max_new_tokens, **kwargs)
+
+    # ------------------------------------------------------------------ intervention graphs
+    def trace(self, allow_code: bool = False) -> Any:
+        """A tracing context that builds an intervention graph and runs it here on exit.
+
+        The same code runs against a remote model (``telelens.connect``) with the same
+        numbers: both execute the graph with ``telelens.core.graph``::
+
+            with model.trace() as t:
+                clean, corrupt = t.run(clean_tokens), t.run(corrupt_tokens)
+                corrupt["blocks.6.hook_resid_post"][:, -1] = clean["blocks.6.hook_resid_post"][:, -1]
+                diff = t.save(corrupt.logits[0, -1, paris] - corrupt.logits[0, -1, rome])
+            diff.value
+        """
+        from telelens.client.tracing import Tracer
+        from telelens.core.graph.local import LocalBackend
+
+        return Tracer(LocalBackend(self), allow_code=allow_code)
 
     # ------------------------------------------------------------------ switches
     def set_use_attn_result(self, use_attn_result: bool) -> None:

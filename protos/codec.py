@@ -77,8 +77,12 @@ def tensor_to_proto(td: ir.TensorData) -> tensor_pb2.Tensor:
         raise ir.GraphValidationError([ir.GraphError(None, e.field, e.reason)]) from None
 
 
-def _tensor_to(td: ir.TensorData) -> tensor_pb2.Tensor:
-    return tensor_pb2.Tensor(dtype=_enum_value(_DTYPES, td.dtype, "dtype"), shape=td.shape, data=td.data)
+def _tensor_to(td: ir.TensorData, out: tensor_pb2.Tensor | None = None) -> tensor_pb2.Tensor:
+    out = tensor_pb2.Tensor() if out is None else out
+    out.dtype = _enum_value(_DTYPES, td.dtype, "dtype")  # type: ignore[assignment]
+    out.shape.extend(td.shape)
+    out.data = td.data  # written in place: one copy of a large constant, not two
+    return out
 
 
 def _tensor_from(msg: tensor_pb2.Tensor, max_bytes: int) -> ir.TensorData:
@@ -118,10 +122,9 @@ def errors_to_proto(errors: Iterable[ir.GraphError]) -> graph_pb2.GraphErrors:
 
 def errors_from_proto(msg: graph_pb2.GraphErrors | bytes) -> list[ir.GraphError]:
     """The inverse of ``errors_to_proto``; accepts the message or its serialized bytes."""
-    if not isinstance(msg, graph_pb2.GraphErrors):
-        msg = graph_pb2.GraphErrors.FromString(bytes(msg))
+    parsed = msg if isinstance(msg, graph_pb2.GraphErrors) else graph_pb2.GraphErrors.FromString(bytes(msg))
     return [
-        ir.GraphError(e.node_id if e.HasField("node_id") else None, e.field, e.reason) for e in msg.errors
+        ir.GraphError(e.node_id if e.HasField("node_id") else None, e.field, e.reason) for e in parsed.errors
     ]
 
 
@@ -249,7 +252,7 @@ def _enc_constant(out: graph_pb2.Node.Constant, n: ir.Constant) -> None:
     if not isinstance(value, ir.TensorData):
         raise _FieldError("value", f"expected TensorData or a torch tensor, got {type(value).__name__}")
     try:
-        out.value.CopyFrom(_tensor_to(value))
+        _tensor_to(value, out.value)
     except _FieldError as e:
         raise _FieldError(f"value.{e.field}", e.reason) from None
 
@@ -323,7 +326,7 @@ def _enc_sweep(out: graph_pb2.Node.Sweep, n: ir.Sweep) -> None:
     out.corrupted = n.corrupted
     out.clean = n.clean
     out.activation = n.activation
-    out.axes.extend(_enum_value(_SWEEP_AXES, a, "axes") for a in n.axes)  # type: ignore[misc]
+    out.axes.extend(_enum_value(_SWEEP_AXES, a, "axes") for a in n.axes)
     for sub in n.metric:
         try:
             _encode_node(out.metric.add(), sub)

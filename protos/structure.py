@@ -116,7 +116,7 @@ class _Checker:
                 ir.GraphError(
                     None,
                     "version",
-                    f"{graph.version!r} is not a version this decoder runs (1..{ir.GRAPH_VERSION})",
+                    f"{graph.version!r} is not a graph version this code runs (1..{ir.GRAPH_VERSION})",
                 )
             )
         total = count_nodes(n for n in graph.nodes if isinstance(n, ir.Node))
@@ -139,7 +139,9 @@ class _Checker:
 class _Scope:
     """One id space: the graph, or a sweep's metric sub-graph (``sweep`` is then its node)."""
 
-    def __init__(self, checker: _Checker, sweep: ir.Sweep | None = None, parent: _Scope | None = None) -> None:
+    def __init__(
+        self, checker: _Checker, sweep: ir.Sweep | None = None, parent: _Scope | None = None
+    ) -> None:
         self.c = checker
         self.sweep = sweep
         self.parent = parent  # the graph, for a metric: its refs may reach nodes before the sweep
@@ -156,7 +158,7 @@ class _Scope:
 
     def nodes(self, nodes: tuple[ir.Node, ...]) -> None:
         last: int | None = None
-        self.ids = {i for i in (getattr(n, "id", None) for n in nodes) if is_int(i)}
+        self.ids = {n.id for n in nodes if isinstance(n, ir.Node) and is_int(n.id)}
         for position, node in enumerate(nodes):
             self.current = None
             if type(node) not in ir.NODE_TYPES:
@@ -192,13 +194,18 @@ class _Scope:
         if local and target >= self.current:
             self.error(field, f"refers to node {target}, not an earlier node")
             return
-        node = self.seen.get(target) if local or self.parent is None else self.parent.seen.get(target)
+        owner = self if local or self.parent is None else self.parent
+        node = owner.seen.get(target)
         if node is None:
-            where = "the graph" if self.parent is None else "the metric sub-graph or the graph before the sweep"
+            where = (
+                "the graph" if self.parent is None else "the metric sub-graph or the graph before the sweep"
+            )
             self.error(field, f"no node {target} in {where}")
         elif want == "run" and not isinstance(node, ir.Run):
             self.error(field, f"node {target} is a {type(node).__name__}, not a Run")
-        elif want == "value" and (isinstance(node, _NO_VALUE) or (isinstance(node, ir.SweepLogits) and not local)):
+        elif want == "value" and (
+            isinstance(node, _NO_VALUE) or (isinstance(node, ir.SweepLogits) and not local)
+        ):
             self.error(field, f"node {target} is a {type(node).__name__}, which has no tensor value")
 
     def tensor_ref(self, field: str, value: object, *, optional: bool = False) -> None:

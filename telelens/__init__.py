@@ -25,9 +25,9 @@ _LAZY = {
     "HookedRootModule": "telelens.core.hook_points",
 }
 _LAZY_MODULES = {
-    "utils": "telelens.core.utils",
-    "patching": "telelens.core.patching",
-    "head_detector": "telelens.core.head_detector",
+    "utils": "telelens.utils",
+    "patching": "telelens.patching",
+    "head_detector": "telelens.head_detector",
     "weight_processing": "telelens.core.weight_processing",
 }
 

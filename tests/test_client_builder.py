@@ -18,8 +18,7 @@ from telelens.client import Tracer, UnknownHookError, builders, ops
 from telelens.client.graph import GraphBuilder, referenced_ids
 from telelens.client.proxies import MODEL_WEIGHTS, STACKED_WEIGHTS, make_run
 from telelens.core.config import HookedTransformerConfig
-from telelens.core.graph import execute
-from telelens.core.graph.hooks import hook_table
+from telelens.core.graph.local import LocalBackend
 from telelens.core.hooked_transformer import HookedTransformer
 from telelens.protos import ir
 
@@ -726,17 +725,16 @@ def test_metrics_locally(gpt2):
 
 
 # ---------------------------------------------------------------------------------------- execution
-class ExecutorBackend:
-    """The real executor behind the GraphBackend protocol (what core's LocalBackend wraps)."""
+class ExecutorBackend(LocalBackend):
+    """The real local backend, also recording the graphs it ran."""
 
     def __init__(self, model: HookedTransformer) -> None:
-        self.model, self.cfg = model, model.cfg
-        self.hook_names = [h for h in hook_table(model).order if h != ir.LOGITS]
+        super().__init__(model)
         self.graphs: list[ir.Graph] = []
 
-    def execute(self, graph: ir.Graph, allow_code: bool = False) -> dict[str, torch.Tensor]:
+    def execute(self, graph: ir.Graph, allow_code: bool = False, progress=None) -> dict[str, torch.Tensor]:
         self.graphs.append(graph)
-        return execute(self.model, graph, ir.Limits(allow_code=allow_code))
+        return super().execute(graph, allow_code=allow_code)
 
 
 @pytest.fixture(scope="module")

@@ -414,8 +414,13 @@ def test_text_runs_are_tokenized_and_padded():
     b = Builder()
     run = b(ir.Run, text=texts, prepend_bos=True).node
     b.save(b(ir.Read, run, "logits"), "logits")
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0]])
+    masked = b(ir.Run, text=texts, prepend_bos=True, attention_mask=b(ir.Constant, mask)).node
+    b.save(b(ir.Read, masked, "logits"), "explicit_mask")
     out = execute(model, b.graph())
-    exact(out["logits"], model(list(texts), prepend_bos=True))  # padded right, with the attention mask
+    expected = model(list(texts), prepend_bos=True)  # padded right, with the attention mask
+    exact(out["logits"], expected)
+    exact(out["explicit_mask"], expected)
     assert validate(MODELS["gpt2"], b.graph())[0].reason.startswith("this model has no tokenizer")
 
 

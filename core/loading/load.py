@@ -239,7 +239,9 @@ def load_pretrained(
         try:
             own_tokenizer = source.load_tokenizer()
         except Exception as e:  # the weights are still usable with token ids
-            logger.warning("telelens: could not load the tokenizer (%s: %s); pass tokenizer=", type(e).__name__, e)
+            logger.warning(
+                "telelens: could not load the tokenizer (%s: %s); pass tokenizer=", type(e).__name__, e
+            )
         if own_tokenizer is not None:
             ensure_bos(own_tokenizer)
     tok = tokenizer if tokenizer is not None else own_tokenizer

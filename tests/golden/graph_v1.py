@@ -31,10 +31,16 @@ def build_graph() -> ir.Graph:
         _const(0, "int64", (2, 3), "q", [1, 464, 2, 1, 3, 9]),  # token ids [batch, pos]
         _const(1, "bool", (2, 3), "?", [True, True, True, False, True, True]),  # attention mask
         ir.Run(2, tokens=ir.Ref(0), prepend_bos=False, attention_mask=ir.Ref(1)),
-        ir.Run(3, text=("The Eiffel Tower is in the city of", "The Colosseum is in the city of"), prepend_bos=True),
+        ir.Run(
+            3,
+            text=("The Eiffel Tower is in the city of", "The Colosseum is in the city of"),
+            prepend_bos=True,
+        ),
         ir.Run(4, text=("",)),
         ir.Read(5, run=2, hook="blocks.0.hook_resid_post"),
-        ir.Write(6, run=3, hook="blocks.0.hook_resid_post", value=ir.Ref(5), index=(ir.Slice(), -1), mode="set"),
+        ir.Write(
+            6, run=3, hook="blocks.0.hook_resid_post", value=ir.Ref(5), index=(ir.Slice(), -1), mode="set"
+        ),
         ir.Write(
             7,
             run=3,
@@ -76,14 +82,20 @@ def build_graph() -> ir.Graph:
     add(lambda nid: ir.Unary(nid, "clamp", ir.Ref(18), min=0.0))
     dims_cycle: list[tuple[int, ...] | None] = [None, (), (-1,), (0, 1)]
     for i, op in enumerate(ir.REDUCE_OPS):
-        add(lambda nid, op=op, i=i: ir.Reduce(nid, op, ir.Ref(17), dims=dims_cycle[i % 4], keepdim=i % 2 == 1))
+        add(
+            lambda nid, op=op, i=i: ir.Reduce(nid, op, ir.Ref(17), dims=dims_cycle[i % 4], keepdim=i % 2 == 1)
+        )
     gather = add(lambda nid: ir.Gather(nid, ir.Ref(17), dim=-1, index=ir.Ref(0)))
     add(lambda nid: ir.Reshape(nid, ir.Ref(gather), (2, -1, 0)))
     add(lambda nid: ir.Transpose(nid, ir.Ref(17), 0, -1))
     add(lambda nid: ir.Save(nid, ir.Ref(18), "logits_last"))
     for dtype in ir.DTYPES:
         add(lambda nid, dtype=dtype: ir.Save(nid, ir.Ref(19), f"as_{dtype}", dtype=dtype))
-    add(lambda nid: ir.CodeHook(nid, run=3, hook="blocks.0.hook_resid_pre", payload=b"\x80\x05\x95not-a-real-pickle\x00"))
+    add(
+        lambda nid: ir.CodeHook(
+            nid, run=3, hook="blocks.0.hook_resid_pre", payload=b"\x80\x05\x95not-a-real-pickle\x00"
+        )
+    )
     sweep1 = add(
         lambda nid: ir.Sweep(
             nid,
@@ -127,7 +139,11 @@ def build_graph() -> ir.Graph:
             3,
             "attn_out",
             ("head",),
-            (ir.SweepLogits(0), ir.Index(1, ir.Ref(0), (ir.ELLIPSIS, ir.Ref(13))), ir.Reduce(2, "sum", ir.Ref(1))),
+            (
+                ir.SweepLogits(0),
+                ir.Index(1, ir.Ref(0), (ir.ELLIPSIS, ir.Ref(13))),
+                ir.Reduce(2, "sum", ir.Ref(1)),
+            ),
             0,
             2,
         )
@@ -147,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(data)} bytes; matches committed file: {GOLDEN.exists() and GOLDEN.read_bytes() == data}")
         return 0
     if GOLDEN.exists():
-        print(f"{GOLDEN} exists; the golden file is never rewritten (add a new version instead)", file=sys.stderr)
+        print(
+            f"{GOLDEN} exists; the golden file is never rewritten (add a new version instead)",
+            file=sys.stderr,
+        )
         return 1
     GOLDEN.write_bytes(data)
     print(f"wrote {GOLDEN} ({len(data)} bytes)")
