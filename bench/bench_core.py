@@ -65,7 +65,9 @@ def smollm2_models(tmp: Path) -> tuple[torch.nn.Module, HookedTransformer, Calla
     from telelens.core.loading.resolve import smollm2_gguf_path
 
     path = Path(smollm2_gguf_path())
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    ).eval()
     ours = HookedTransformer.from_pretrained_no_processing("smollm2-135m")
 
     def tl() -> object:
@@ -89,7 +91,9 @@ def smollm2_models(tmp: Path) -> tuple[torch.nn.Module, HookedTransformer, Calla
     return hf, ours, tl
 
 
-def time_round_robin(variants: dict[str, Callable[[], object]], reps: int, warmup: int = 2) -> dict[str, list[float]]:
+def time_round_robin(
+    variants: dict[str, Callable[[], object]], reps: int, warmup: int = 2
+) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in variants}
     for i in range(warmup + reps):
         for name, fn in variants.items():
@@ -102,7 +106,13 @@ def time_round_robin(variants: dict[str, Callable[[], object]], reps: int, warmu
     return times
 
 
-def bench_model(label: str, hf: torch.nn.Module, ours: HookedTransformer, tl_factory: Callable[[], object] | None, reps: int) -> None:
+def bench_model(
+    label: str,
+    hf: torch.nn.Module,
+    ours: HookedTransformer,
+    tl_factory: Callable[[], object] | None,
+    reps: int,
+) -> None:
     vocab = ours.cfg.d_vocab
     tokens = torch.randint(0, vocab, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -139,13 +149,16 @@ def bench_model(label: str, hf: torch.nn.Module, ours: HookedTransformer, tl_fac
     base = min(times["HF forward"])
     print(f"   {'variant':28s} {'min ms':>9s} {'median ms':>10s} {'min / HF':>9s}")
     for name, ts in times.items():
-        print(f"   {name:28s} {1e3 * min(ts):9.1f} {1e3 * statistics.median(ts):10.1f} {min(ts) / base:9.2f}x")
-    del tl
+        print(
+            f"   {name:28s} {1e3 * min(ts):9.1f} {1e3 * statistics.median(ts):10.1f} {min(ts) / base:9.2f}x"
+        )
     gc.collect()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--models", default="gpt2,smollm2")
     parser.add_argument("--skip-load-memory", action="store_true")

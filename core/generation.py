@@ -29,7 +29,9 @@ def sample_logits(
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if freq_penalty > 0 and tokens is not None:
-        counts = torch.zeros_like(logits).scatter_add_(-1, tokens, torch.ones_like(tokens, dtype=logits.dtype))
+        counts = torch.zeros_like(logits).scatter_add_(
+            -1, tokens, torch.ones_like(tokens, dtype=logits.dtype)
+        )
         logits = logits - freq_penalty * counts
     if top_k is not None and top_k > 0:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 HookFunction = Callable[..., Any]
 """``fn(tensor, *, hook: HookPoint) -> tensor | None``."""
-NamesFilter = Union[Callable[[str], bool], Sequence[str], str, None]
+NamesFilter = Callable[[str], bool] | Sequence[str] | str | None
 Direction = Literal["fwd", "bwd", "both"]
 
 
@@ -92,7 +92,9 @@ class HookPoint(nn.Module):
         def keep(handles: list[LensHandle]) -> list[LensHandle]:
             kept = []
             for h in handles:
-                if (including_permanent or not h.is_permanent) and (level is None or h.context_level == level):
+                if (including_permanent or not h.is_permanent) and (
+                    level is None or h.context_level == level
+                ):
                     h.hook.remove()
                 else:
                     kept.append(h)
@@ -136,7 +138,9 @@ def resolve_names_filter(names_filter: NamesFilter) -> Callable[[str], bool]:
         if not all(isinstance(n, str) for n in wanted_set):
             raise TypeError("names_filter list must hold hook names (str)")
         return lambda name: name in wanted_set
-    raise TypeError(f"names_filter must be None, a str, a list of str or a callable, got {type(names_filter)}")
+    raise TypeError(
+        f"names_filter must be None, a str, a list of str or a callable, got {type(names_filter)}"
+    )
 
 
 class HookedRootModule(nn.Module):

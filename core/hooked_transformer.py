@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, Union, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TextInput = Union[str, Sequence[str]]
-ModelInput = Union[str, Sequence[str], torch.Tensor]
+TextInput = str | Sequence[str]
+ModelInput = str | Sequence[str] | torch.Tensor
 
 
 class HookedTransformerKeyValueCache:
@@ -105,7 +105,9 @@ class HookedTransformer(HookedRootModule):
                 elif p.dim() == 1:
                     p.zero_()
                 else:
-                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * self.cfg.initializer_range)
+                    p.copy_(
+                        torch.randn(p.shape, generator=gen, dtype=torch.float32) * self.cfg.initializer_range
+                    )
 
     @classmethod
     def from_pretrained(
@@ -214,7 +216,9 @@ class HookedTransformer(HookedRootModule):
     def set_tokenizer(self, tokenizer: Any, default_padding_side: Literal["left", "right"] = "right") -> None:
         """Attach a Hugging Face tokenizer (a pad token is borrowed from EOS when missing)."""
         if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.bos_token
+            tokenizer.pad_token = (
+                tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.bos_token
+            )
         tokenizer.padding_side = default_padding_side
         self.tokenizer = tokenizer
         self.cfg.default_padding_side = default_padding_side
@@ -341,7 +345,11 @@ class HookedTransformer(HookedRootModule):
         padding_side: Literal["left", "right"] | None = None,
     ) -> int:
         """Position of ``single_token`` in ``input`` (first or last occurrence)."""
-        tokens = self.to_tokens(input, prepend_bos, padding_side) if isinstance(input, str) else torch.as_tensor(input)
+        tokens = (
+            self.to_tokens(input, prepend_bos, padding_side)
+            if isinstance(input, str)
+            else torch.as_tensor(input)
+        )
         if tokens.dim() == 2:
             if tokens.shape[0] != 1:
                 raise ValueError("get_token_position takes one sequence")
@@ -374,7 +382,11 @@ class HookedTransformer(HookedRootModule):
             new = attention_mask if attention_mask is not None else torch.ones(batch, q_len, dtype=torch.long)
             attention_mask = torch.cat((past_kv_cache.previous_attention_mask, new.to(device)), dim=1)
         if past_kv_cache is not None:
-            full = attention_mask if attention_mask is not None else torch.ones(batch, past + q_len, dtype=torch.long)
+            full = (
+                attention_mask
+                if attention_mask is not None
+                else torch.ones(batch, past + q_len, dtype=torch.long)
+            )
             past_kv_cache.previous_attention_mask = full.to(device)
 
         padded = attention_mask is not None and not bool(attention_mask.all())
@@ -422,7 +434,9 @@ class HookedTransformer(HookedRootModule):
                 attention_mask = attention_mask[None]
         if self.cfg.use_hook_tokens:
             tokens = self.hook_tokens(tokens)
-        ctx, positions = self._attention_context(tokens.shape[0], tokens.shape[1], attention_mask, past_kv_cache, device)
+        ctx, positions = self._attention_context(
+            tokens.shape[0], tokens.shape[1], attention_mask, past_kv_cache, device
+        )
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         if hasattr(self, "pos_embed"):
             positions = positions.expand(tokens.shape[0], -1)  # TransformerLens shape: [batch, pos]
@@ -458,7 +472,9 @@ class HookedTransformer(HookedRootModule):
             start = 0
         else:
             if not isinstance(input, torch.Tensor) or input.dim() != 3:
-                raise ValueError("with start_at_layer, input must be the residual stream [batch, pos, d_model]")
+                raise ValueError(
+                    "with start_at_layer, input must be the residual stream [batch, pos, d_model]"
+                )
             resid = input
             start = start_at_layer if start_at_layer >= 0 else self.cfg.n_layers + start_at_layer
             if attention_mask is not None and attention_mask.dim() == 1:
@@ -524,9 +540,13 @@ class HookedTransformer(HookedRootModule):
         return ActivationCache(cache_dict, self, has_batch_dim=has_batch_dim)
 
     @overload
-    def run_with_cache(self, *args: Any, return_cache_object: Literal[True] = True, **kw: Any) -> tuple[Any, ActivationCache]: ...
+    def run_with_cache(
+        self, *args: Any, return_cache_object: Literal[True] = True, **kw: Any
+    ) -> tuple[Any, ActivationCache]: ...
     @overload
-    def run_with_cache(self, *args: Any, return_cache_object: Literal[False], **kw: Any) -> tuple[Any, dict[str, torch.Tensor]]: ...
+    def run_with_cache(
+        self, *args: Any, return_cache_object: Literal[False], **kw: Any
+    ) -> tuple[Any, dict[str, torch.Tensor]]: ...
     def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:  # type: ignore[override]
         """Run and cache activations: ``logits, cache = model.run_with_cache(tokens, names_filter=...)``.
 
@@ -697,7 +717,9 @@ class HookedTransformer(HookedRootModule):
     def OV(self) -> FactoredMatrix:
         return FactoredMatrix(self.W_V, self.W_O)
 
-    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> torch.Tensor:
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> torch.Tensor:
         """Sum of the output biases of every component before ``layer`` (its MLP too if ``mlp_input``)."""
         dev = self._module_device(self.embed)
         total = torch.zeros(self.cfg.d_model, dtype=self.cfg.dtype, device=dev)

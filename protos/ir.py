@@ -21,7 +21,7 @@ Nodes:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 GRAPH_VERSION = 1
 """Bumped only for changes an old executor cannot run; fields are only ever added."""
@@ -30,7 +30,20 @@ DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "bool"]
 
 BINARY_OPS = ("add", "sub", "mul", "div", "pow", "matmul", "maximum", "minimum")
-UNARY_OPS = ("neg", "abs", "exp", "log", "sqrt", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "clamp", "float")
+UNARY_OPS = (
+    "neg",
+    "abs",
+    "exp",
+    "log",
+    "sqrt",
+    "relu",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "log_softmax",
+    "clamp",
+    "float",
+)
 REDUCE_OPS = ("sum", "mean", "max", "min", "argmax", "argmin", "norm", "logsumexp")
 WRITE_MODES = ("set", "add", "mul")
 LOGITS = "logits"
@@ -84,9 +97,9 @@ class _NewAxisItem:
 ELLIPSIS = _EllipsisItem()
 NEW_AXIS = _NewAxisItem()
 
-IndexItem = Union[int, Slice, _EllipsisItem, _NewAxisItem, Ref]
+IndexItem = int | Slice | _EllipsisItem | _NewAxisItem | Ref
 """One item of an index: an int, a slice, ``...``, a new axis, or a node holding int/bool indices."""
-Operand = Union[Ref, float]
+Operand = Ref | float
 """A node's value or a Python scalar."""
 
 

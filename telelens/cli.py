@@ -9,7 +9,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="telelens", description="TransformerLens at a distance.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="activation-patching demo on SmolLM2: heatmap in the terminal and a PNG")
+    demo = sub.add_parser(
+        "demo", help="activation-patching demo on SmolLM2: heatmap in the terminal and a PNG"
+    )
     demo.add_argument("--model", default="smollm2-135m", help="model name, alias, folder or .gguf file")
     demo.add_argument("--png", default="patching_resid_pre.png", help="where to write the heatmap")
     args = parser.parse_args(argv)

@@ -31,7 +31,9 @@ def run_patching(model: Any) -> tuple[torch.Tensor, list[str]]:
         return logits[0, -1, right] - logits[0, -1, wrong]
 
     with torch.inference_mode():
-        clean_logits, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("resid_pre"))
+        clean_logits, clean_cache = model.run_with_cache(
+            clean, names_filter=lambda n: n.endswith("resid_pre")
+        )
         clean_diff, corrupt_diff = logit_diff(clean_logits), logit_diff(model(corrupt))
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
@@ -99,5 +101,7 @@ def main(model_name: str = "smollm2-135m", png: str = "patching_resid_pre.png") 
     title = f"resid_pre patching, {model.cfg.model_name}: {CORRUPT!r} <- {CLEAN!r}"
     print_heatmap(grid, labels, title)
     out = write_png(grid, labels, title, Path(png))
-    print(f"loaded in {t1 - t0:.1f}s, {grid.numel()} patched runs in {t2 - t1:.1f}s; heatmap written to {out}")
+    print(
+        f"loaded in {t1 - t0:.1f}s, {grid.numel()} patched runs in {t2 - t1:.1f}s; heatmap written to {out}"
+    )
     return out

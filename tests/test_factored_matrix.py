@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from telelens.core.factored_matrix import FactoredMatrix
 
 DT = torch.float64

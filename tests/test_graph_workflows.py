@@ -83,7 +83,10 @@ def test_trace_survives_the_wire(tiny):
 @pytest.mark.slow
 def test_eiffel_tower_patching_on_smollm2(smollm2):
     model = smollm2
-    clean, corrupt = model.to_tokens("The Eiffel Tower is in the city of"), model.to_tokens("The Colosseum is in the city of")
+    clean, corrupt = (
+        model.to_tokens("The Eiffel Tower is in the city of"),
+        model.to_tokens("The Colosseum is in the city of"),
+    )
     paris, rome = model.to_single_token(" Paris"), model.to_single_token(" Rome")
     layers = [0, 12, 24]
     with torch.no_grad():
@@ -124,7 +127,9 @@ def test_ioi_direct_logit_attribution_on_smollm2(smollm2):
     # same ops in the same order; only the weight's memory layout differs (contiguous copy): ~1e-8
     torch.testing.assert_close(got.value, expected, atol=1e-6, rtol=0)
     # and it agrees with ActivationCache's own DLA (scaled by ln_final's cached scale)
-    stack = cache.stack_head_results(layer=-1, pos_slice=-1, apply_ln=True)  # [comp, batch, d_model], final scale
+    stack = cache.stack_head_results(
+        layer=-1, pos_slice=-1, apply_ln=True
+    )  # [comp, batch, d_model], final scale
     heads = stack[layer * model.cfg.n_heads : (layer + 1) * model.cfg.n_heads]  # this layer's heads
     torch.testing.assert_close((heads @ direction).mean(-1), expected, atol=1e-4, rtol=1e-4)
 

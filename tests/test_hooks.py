@@ -22,17 +22,26 @@ ARCHS = {
         mlp_bias=False,
         tie_word_embeddings=True,
     ),
-    "neox_parallel": dict(positional_embedding_type="rotary", rotary_dim=4, parallel_attn_mlp=True, act_fn="gelu"),
+    "neox_parallel": dict(
+        positional_embedding_type="rotary", rotary_dim=4, parallel_attn_mlp=True, act_fn="gelu"
+    ),
 }
 
 
 def make_model(arch: str, **overrides) -> HookedTransformer:
     cfg = HookedTransformerConfig(
-        n_layers=3, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_vocab=97, seed=0, **{**ARCHS[arch], **overrides}
+        n_layers=3,
+        d_model=32,
+        n_ctx=64,
+        d_head=8,
+        n_heads=4,
+        d_vocab=97,
+        seed=0,
+        **{**ARCHS[arch], **overrides},
     )
     model = HookedTransformer(cfg)
     with torch.no_grad():  # non-trivial norm weights and biases, so hooks see real work
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     return model.eval()
@@ -90,7 +99,7 @@ def test_every_hook_fires_with_its_documented_shape(model, tokens):
     _, cache = model.run_with_cache(tokens)
     names = set(cache.keys())
     for layer in range(model.cfg.n_layers):
-        for suffix in EXPECTED_PER_BLOCK + ["attn.hook_result", "hook_mlp_in"]:
+        for suffix in [*EXPECTED_PER_BLOCK, "attn.hook_result", "hook_mlp_in"]:
             assert f"blocks.{layer}.{suffix}" in names
         if model.cfg.parallel_attn_mlp:
             assert f"blocks.{layer}.hook_resid_mid" not in model.hook_dict
@@ -128,17 +137,19 @@ def test_switched_off_hooks_are_refused_by_name():
 
 def test_unknown_hook_name_suggests_close_names():
     model = make_model("gpt2")
-    with pytest.raises(KeyError, match="blocks.0.hook_resid_pre"):
+    with pytest.raises(KeyError, match=r"blocks\.0\.hook_resid_pre"):
         model.add_hook("blocks.0.hook_resid_pr", lambda t, hook: t)
 
 
 def test_fused_and_explicit_attention_agree(model, tokens):
-    fused_logits, fused = model.run_with_cache(tokens, names_filter=lambda n: "resid_post" in n or "hook_z" in n)
+    fused_logits, fused = model.run_with_cache(
+        tokens, names_filter=lambda n: "resid_post" in n or "hook_z" in n
+    )
     explicit_logits, explicit = model.run_with_cache(
         tokens, names_filter=lambda n: "resid_post" in n or "hook_z" in n or "hook_pattern" in n
     )
     torch.testing.assert_close(fused_logits, explicit_logits, atol=1e-5, rtol=1e-5)
-    for name in fused.keys():
+    for name in fused:
         torch.testing.assert_close(fused[name], explicit[name], atol=1e-5, rtol=1e-5)
     # the pattern really is a causal softmax
     pattern = explicit["pattern", 0]
@@ -181,8 +192,12 @@ def test_replacing_the_pattern_changes_z_as_pattern_times_v(model, tokens):
     layer = 0
     uniform = torch.tril(torch.ones(tokens.shape[1], tokens.shape[1]))
     uniform = uniform / uniform.sum(-1, keepdim=True)
-    with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", lambda p, hook: uniform.expand_as(p).clone())]):
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.startswith(f"blocks.{layer}.attn.hook_"))
+    with model.hooks(
+        fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", lambda p, hook: uniform.expand_as(p).clone())]
+    ):
+        _, cache = model.run_with_cache(
+            tokens, names_filter=lambda n: n.startswith(f"blocks.{layer}.attn.hook_")
+        )
     v = cache["v", layer].repeat_interleave(model.cfg.repeat_kv_heads, dim=2)  # [batch, pos, head, d_head]
     expected = torch.einsum("qk,bkhd->bqhd", uniform, v)
     torch.testing.assert_close(cache["z", layer], expected, atol=1e-5, rtol=1e-5)
@@ -190,7 +205,9 @@ def test_replacing_the_pattern_changes_z_as_pattern_times_v(model, tokens):
 
 def test_use_attn_result_sums_to_attn_out(model, tokens):
     model.set_use_attn_result(True)
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_result", "hook_attn_out")))
+    _, cache = model.run_with_cache(
+        tokens, names_filter=lambda n: n.endswith(("hook_result", "hook_attn_out"))
+    )
     for layer in range(model.cfg.n_layers):
         total = cache["result", layer].sum(2) + model.blocks[layer].attn.b_O
         torch.testing.assert_close(total, cache["attn_out", layer], atol=1e-5, rtol=1e-5)
@@ -279,7 +296,12 @@ def test_loss_matches_cross_entropy(model, tokens):
 def test_generate_greedy_with_and_without_kv_cache(model, tokens):
     a = model.generate(tokens[:1, :5], max_new_tokens=6, do_sample=False, stop_at_eos=False, verbose=False)
     b = model.generate(
-        tokens[:1, :5], max_new_tokens=6, do_sample=False, stop_at_eos=False, use_past_kv_cache=False, verbose=False
+        tokens[:1, :5],
+        max_new_tokens=6,
+        do_sample=False,
+        stop_at_eos=False,
+        use_past_kv_cache=False,
+        verbose=False,
     )
     assert torch.equal(a, b) and a.shape == (1, 11)
     # each new token is the argmax of the full forward on its prefix
@@ -294,7 +316,9 @@ def test_generate_sampling_is_seeded_and_stops_at_eos(model, tokens):
     x = model.generate(tokens[:, :4], seed=5, **kw)
     y = model.generate(tokens[:, :4], seed=5, **kw)
     assert torch.equal(x, y)
-    greedy = model.generate(tokens[:1, :4], max_new_tokens=1, do_sample=False, stop_at_eos=False, verbose=False)
+    greedy = model.generate(
+        tokens[:1, :4], max_new_tokens=1, do_sample=False, stop_at_eos=False, verbose=False
+    )
     eos = int(greedy[0, -1])
     out = model.generate(tokens[:1, :4], max_new_tokens=8, do_sample=False, eos_token_id=eos, verbose=False)
     assert out.shape[1] == 5 and int(out[0, -1]) == eos

@@ -60,7 +60,9 @@ class Attention(nn.Module):
         nh, nkv, dh, dm = cfg.n_heads, int(cfg.n_key_value_heads or cfg.n_heads), cfg.d_head, cfg.d_model
         self.n_heads, self.n_kv_heads, self.d_head = nh, nkv, dh
         self.qkv_weight = nn.Parameter(torch.empty((nh + 2 * nkv) * dh, dm, dtype=cfg.dtype))
-        self.qkv_bias = nn.Parameter(torch.zeros((nh + 2 * nkv) * dh, dtype=cfg.dtype)) if cfg.attn_bias else None
+        self.qkv_bias = (
+            nn.Parameter(torch.zeros((nh + 2 * nkv) * dh, dtype=cfg.dtype)) if cfg.attn_bias else None
+        )
         self.o_weight = nn.Parameter(torch.empty(dm, nh * dh, dtype=cfg.dtype))
         self.o_bias = nn.Parameter(torch.zeros(dm, dtype=cfg.dtype)) if cfg.attn_out_bias else None
 
@@ -134,7 +136,9 @@ class Attention(nn.Module):
 
     @property
     def W_O(self) -> torch.Tensor:
-        return self.o_weight.view(-1, self.n_heads, self.d_head).permute(1, 2, 0)  # [head_index, d_head, d_model]
+        return self.o_weight.view(-1, self.n_heads, self.d_head).permute(
+            1, 2, 0
+        )  # [head_index, d_head, d_model]
 
     @property
     def b_O(self) -> torch.Tensor:
@@ -155,7 +159,9 @@ class Attention(nn.Module):
         """Shared-input path: one matmul for Q, K and V."""
         b, p, _ = x.shape
         qkv = F.linear(x, self.qkv_weight, self.qkv_bias)  # [batch, pos, (nh + 2 nkv) * d_head]
-        q, k, v = qkv.split([self.n_heads * self.d_head, self.n_kv_heads * self.d_head, self.n_kv_heads * self.d_head], -1)
+        q, k, v = qkv.split(
+            [self.n_heads * self.d_head, self.n_kv_heads * self.d_head, self.n_kv_heads * self.d_head], -1
+        )
         return (
             q.view(b, p, self.n_heads, self.d_head),
             k.view(b, p, self.n_kv_heads, self.d_head),
@@ -217,7 +223,9 @@ class Attention(nn.Module):
         z = self.hook_z(z.transpose(1, 2))  # [batch, pos, head_index, d_head]
 
         if self.cfg.use_attn_result:
-            result = self.hook_result(torch.einsum("bpnh,nhd->bpnd", z, self.W_O))  # [batch, pos, head_index, d_model]
+            result = self.hook_result(
+                torch.einsum("bpnh,nhd->bpnd", z, self.W_O)
+            )  # [batch, pos, head_index, d_model]
             return result.sum(dim=2) + self.b_O
         return F.linear(z.reshape(b, p, self.n_heads * self.d_head), self.o_weight, self.o_bias)
 

@@ -41,7 +41,10 @@ class TransformerBlock(nn.Module):
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
     def forward(
-        self, resid_pre: torch.Tensor, ctx: AttentionContext | None = None, kv_cache: LayerKVCache | None = None
+        self,
+        resid_pre: torch.Tensor,
+        ctx: AttentionContext | None = None,
+        kv_cache: LayerKVCache | None = None,
     ) -> torch.Tensor:
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(resid_pre)

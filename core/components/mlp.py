@@ -78,7 +78,9 @@ class MLP(nn.Module):
     @property
     def b_out(self) -> torch.Tensor:
         if self.out_bias is None:
-            return torch.zeros(self.out_weight.shape[0], dtype=self.out_weight.dtype, device=self.out_weight.device)
+            return torch.zeros(
+                self.out_weight.shape[0], dtype=self.out_weight.dtype, device=self.out_weight.device
+            )
         return self.out_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,9 @@ class Norm(nn.Module):
     (before the affine weights). With no hook listening, the fused torch kernel runs.
     """
 
-    def __init__(self, cfg: HookedTransformerConfig, kind: str | None = None, length: int | None = None) -> None:
+    def __init__(
+        self, cfg: HookedTransformerConfig, kind: str | None = None, length: int | None = None
+    ) -> None:
         super().__init__()
         self.kind = kind or cfg.normalization_type
         self.eps = cfg.eps

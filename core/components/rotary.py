@@ -37,7 +37,9 @@ class Rotary(nn.Module):
         return cos, sin
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, adjacent_pairs: bool = False) -> torch.Tensor:
+def apply_rotary(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, adjacent_pairs: bool = False
+) -> torch.Tensor:
     """Rotate the first ``rotary_dim`` dims of ``x`` [batch, pos, head_index, d_head]."""
     rd = cos.shape[-1]
     x_rot, x_pass = x[..., :rd], x[..., rd:]

@@ -34,7 +34,9 @@ class LocalBackend:
     def to_tokens(self, text: str | list[str], prepend_bos: bool | None = None) -> torch.Tensor:
         return self.model.to_tokens(text, prepend_bos=prepend_bos)
 
-    def execute(self, graph: ir.Graph, allow_code: bool = False, progress: Any = None) -> dict[str, torch.Tensor]:
+    def execute(
+        self, graph: ir.Graph, allow_code: bool = False, progress: Any = None
+    ) -> dict[str, torch.Tensor]:
         """Validate and run ``graph``; code hooks need ``allow_code`` (off by default, as on a server)."""
         limits = ir.Limits(**{**self.limits.__dict__, "allow_code": allow_code or self.limits.allow_code})
         return execute(self.model, graph, limits, progress=progress)
