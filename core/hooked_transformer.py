@@ -313,7 +313,7 @@ class HookedTransformer(HookedRootModule):
         """Each token as its own string; a list of texts gives a list of lists."""
         tok = self._require_tokenizer()
         if isinstance(input, (list, tuple)) and input and isinstance(input[0], str):
-            return [self.to_str_tokens(s, prepend_bos, padding_side) for s in input]  # type: ignore[misc]
+            return [self.to_str_tokens(s, prepend_bos, padding_side) for s in input]  # type: ignore[misc,return-value]
         if isinstance(input, str):
             ids = self._encode(input, prepend_bos, padding_side)[0][0].tolist()
         else:
@@ -720,18 +720,19 @@ class HookedTransformer(HookedRootModule):
     def accumulated_bias(
         self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
     ) -> torch.Tensor:
-        """Sum of the output biases of every component before ``layer`` (its MLP too if ``mlp_input``)."""
+        """Sum of the output biases written before ``layer`` (plus that layer's attention if ``mlp_input``)."""
         dev = self._module_device(self.embed)
         total = torch.zeros(self.cfg.d_model, dtype=self.cfg.dtype, device=dev)
+        blocks: list[TransformerBlock] = list(self.blocks)  # type: ignore[arg-type]
         for i in range(layer):
-            block = self.blocks[i]
+            block = blocks[i]
             total = total + block.attn.b_O.to(dev)
             if include_mlp_biases and not self.cfg.attn_only:
                 total = total + block.mlp.b_out.to(dev)
         if mlp_input:
             if layer >= self.cfg.n_layers:
                 raise ValueError("mlp_input needs a layer below n_layers")
-            total = total + self.blocks[layer].attn.b_O.to(dev)
+            total = total + blocks[layer].attn.b_O.to(dev)
         return total
 
     def all_head_labels(self) -> list[str]:

@@ -28,7 +28,8 @@ _NUMPY: dict[str, str] = {
 }
 
 
-def _torch_dtypes() -> dict[Any, str]:
+def torch_dtype_names() -> dict[Any, str]:
+    """torch dtype -> wire dtype name, for every dtype that can travel."""
     import torch
 
     return {
@@ -46,7 +47,7 @@ def tensor_data_from_torch(t: torch.Tensor) -> ir.TensorData:
     """A copy of ``t`` (any device, any strides, no grad) as wire bytes."""
     import torch
 
-    name = _torch_dtypes().get(t.dtype)
+    name = torch_dtype_names().get(t.dtype)
     if name is None:
         raise ValueError(f"dtype {t.dtype} cannot travel; use one of {', '.join(ir.DTYPES)}")
     t = t.detach().cpu().contiguous()

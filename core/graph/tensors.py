@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from telelens.protos import ir
+from telelens.protos.torch_tensors import tensor_data_to_torch, torch_dtype_names
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "bool": torch.bool,
-}
-# Little-endian numpy layouts; bfloat16 has no numpy dtype, so it travels as int16 bits.
-_WIRE_NUMPY: dict[str, str] = {
-    "float32": "<f4",
-    "float16": "<f2",
-    "bfloat16": "<i2",
-    "float64": "<f8",
-    "int64": "<i8",
-    "int32": "<i4",
-    "bool": "|b1",
-}
+TORCH_DTYPES: dict[str, torch.dtype] = {name: dtype for dtype, name in torch_dtype_names().items()}
 INDEX_DTYPES = (torch.int64, torch.int32, torch.bool)
 
 
@@ -51,24 +32,9 @@ def decode_constant(value: object) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(value))
     if not isinstance(value, ir.TensorData):
         raise ValueError(f"a constant must hold TensorData or a tensor, got {type(value).__name__}")
-    if value.dtype not in _WIRE_NUMPY:
+    if value.dtype not in TORCH_DTYPES:
         raise ValueError(f"unknown dtype {value.dtype!r}; expected one of {list(ir.DTYPES)}")
-    shape = tuple(int(s) for s in value.shape)
-    if any(s < 0 for s in shape):
-        raise ValueError(f"negative size in shape {list(shape)}")
-    expected = math.prod(shape) * itemsize(value.dtype)
-    if len(value.data) != expected:
-        raise ValueError(
-            f"{len(value.data)} bytes do not hold a {value.dtype} tensor of shape {list(shape)} ({expected} bytes)"
-        )
-    # bytearray: a writable copy, so torch does not warn about read-only memory.
-    arr = np.frombuffer(bytearray(value.data), dtype=np.dtype(_WIRE_NUMPY[value.dtype]))
-    if not arr.dtype.isnative:
-        arr = arr.astype(arr.dtype.newbyteorder("="))
-    t = torch.from_numpy(arr)
-    if value.dtype == "bfloat16":
-        t = t.view(torch.bfloat16)
-    return t.reshape(shape)
+    return tensor_data_to_torch(value)
 
 
 def constant_nbytes(value: object) -> int:
