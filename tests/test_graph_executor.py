@@ -9,6 +9,7 @@ from __future__ import annotations
 import cloudpickle
 import pytest
 import torch
+from tiny_models import GPT2, LLAMA_GQA, tiny_model
 
 from telelens.core import patching
 from telelens.core.config import HookedTransformerConfig
@@ -22,39 +23,11 @@ from telelens.protos import ir
 from telelens.protos.ir import ELLIPSIS, NEW_AXIS, Ref, Slice
 
 VOCAB = 97
-ARCHS = {
-    "gpt2": dict(act_fn="gelu_new"),
-    "llama_gqa": dict(
-        positional_embedding_type="rotary",
-        normalization_type="RMS",
-        gated_mlp=True,
-        act_fn="silu",
-        n_key_value_heads=2,
-        attn_bias=False,
-        attn_out_bias=False,
-        mlp_bias=False,
-        tie_word_embeddings=True,
-    ),
-}
+ARCHS = {"gpt2": GPT2, "llama_gqa": {**LLAMA_GQA, "tie_word_embeddings": True}}
 
 
 def make_model(arch: str, **overrides) -> HookedTransformer:
-    cfg = HookedTransformerConfig(
-        n_layers=3,
-        d_model=32,
-        n_ctx=16,
-        d_head=8,
-        n_heads=4,
-        d_vocab=VOCAB,
-        seed=0,
-        **{**ARCHS[arch], **overrides},
-    )
-    model = HookedTransformer(cfg)
-    with torch.no_grad():  # non-trivial norm weights and biases
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
-    return model.eval()
+    return tiny_model(ARCHS[arch], norm_noise=0.1, n_ctx=16, d_vocab=VOCAB, **overrides)
 
 
 MODELS = {arch: make_model(arch) for arch in ARCHS}

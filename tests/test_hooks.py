@@ -4,47 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import GPT2, LLAMA_GQA, NEOX_PARALLEL, tiny_model
 
-from telelens.core.config import HookedTransformerConfig
 from telelens.core.hook_shapes import hook_shape_pattern
 from telelens.core.hooked_transformer import HookedTransformer, HookedTransformerKeyValueCache
 
 ARCHS = {
-    "gpt2": dict(act_fn="gelu_new"),
-    "llama_gqa": dict(
-        positional_embedding_type="rotary",
-        normalization_type="RMS",
-        gated_mlp=True,
-        act_fn="silu",
-        n_key_value_heads=2,
-        attn_bias=False,
-        attn_out_bias=False,
-        mlp_bias=False,
-        tie_word_embeddings=True,
-    ),
-    "neox_parallel": dict(
-        positional_embedding_type="rotary", rotary_dim=4, parallel_attn_mlp=True, act_fn="gelu"
-    ),
+    "gpt2": GPT2,
+    "llama_gqa": {**LLAMA_GQA, "tie_word_embeddings": True},
+    "neox_parallel": NEOX_PARALLEL,
 }
 
 
 def make_model(arch: str, **overrides) -> HookedTransformer:
-    cfg = HookedTransformerConfig(
-        n_layers=3,
-        d_model=32,
-        n_ctx=64,
-        d_head=8,
-        n_heads=4,
-        d_vocab=97,
-        seed=0,
-        **{**ARCHS[arch], **overrides},
-    )
-    model = HookedTransformer(cfg)
-    with torch.no_grad():  # non-trivial norm weights and biases, so hooks see real work
-        for _name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return tiny_model(ARCHS[arch], norm_noise=0.1, **overrides)
 
 
 @pytest.fixture(params=list(ARCHS))

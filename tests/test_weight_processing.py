@@ -8,9 +8,9 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import tiny_model
 
 from telelens.core import weight_processing as wp
-from telelens.core.config import HookedTransformerConfig
 from telelens.core.hooked_transformer import HookedTransformer
 
 ARCHS: dict[str, dict] = {
@@ -65,26 +65,9 @@ LN_ARCHS = [a for a, kw in ARCHS.items() if kw.get("normalization_type", "LN") =
 
 
 def make_model(arch: str, **overrides) -> HookedTransformer:
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=32,
-        n_ctx=32,
-        d_head=8,
-        n_heads=4,
-        d_vocab=61,
-        d_mlp=48,
-        seed=0,
-        initializer_range=0.2,
-        **{**ARCHS[arch], **overrides},
-    )
-    model = HookedTransformer(cfg).eval()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # norms at 1 and biases at 0 would make folding trivial
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                noise = torch.randn(p.shape, generator=gen)
-                p.copy_(1.0 + 0.5 * noise if name.endswith(".w") else 0.5 * noise)
-    return model
+    # norms at 1 and biases at 0 would make folding trivial: perturb them
+    sizes = dict(n_layers=2, n_ctx=32, d_vocab=61, d_mlp=48, initializer_range=0.2)
+    return tiny_model(ARCHS[arch], norm_noise=0.5, **{**sizes, **overrides})
 
 
 TOKENS = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(2))
