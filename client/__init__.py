@@ -4,30 +4,61 @@
 - :mod:`ops`: declarative hook ops (patch, ablations, steering, metrics) that work both as local
   TransformerLens hook functions and as graph nodes.
 - :mod:`builders`: ``run_with_cache`` / ``run_with_hooks`` over any :class:`GraphBackend`.
+- :func:`connect`: a :class:`RemoteModel` on a telelens server (see ``docs/remote.md``).
 
-This package imports torch and ``telelens.protos`` only: never Ray, transformers, gRPC or
-``telelens.core``, so a laptop can drive a remote model with a light install.
+``import telelens.client`` imports torch and ``telelens.protos`` only: never Ray,
+transformers or ``telelens.core``, and gRPC only once :func:`connect` is called, so a laptop
+can drive a remote model with a light install.
 """
 
-from telelens.client import builders, ops
+from telelens.client import builders, ops, patching
 from telelens.client.backend import GraphBackend
+from telelens.client.errors import (
+    AuthenticationError,
+    IncompatibleServerError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    RemoteCancelledError,
+    RemoteError,
+    RemoteTimeoutError,
+    ResourceExhaustedError,
+    ServerError,
+    ServerUnavailableError,
+)
 from telelens.client.graph import GraphBuilder, UnknownHookError
 from telelens.client.proxies import HookProxy, RunProxy, Saved, ValueProxy, WeightProxy
+from telelens.client.remote import RemoteModel, connect, list_models, model_info
 from telelens.client.tracing import Tracer
 
-# `connect` (the remote model over gRPC) is added here by the remote-client work; it must keep
-# the gRPC import inside the function so that `import telelens.client` stays light.
-
 __all__ = [
+    "AuthenticationError",
     "GraphBackend",
     "GraphBuilder",
     "HookProxy",
+    "IncompatibleServerError",
+    "InvalidRequestError",
+    "ModelNotFoundError",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "RemoteCancelledError",
+    "RemoteError",
+    "RemoteModel",
+    "RemoteTimeoutError",
+    "ResourceExhaustedError",
     "RunProxy",
     "Saved",
+    "ServerError",
+    "ServerUnavailableError",
     "Tracer",
     "UnknownHookError",
     "ValueProxy",
     "WeightProxy",
     "builders",
+    "connect",
+    "list_models",
+    "model_info",
     "ops",
+    "patching",
 ]

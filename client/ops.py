@@ -179,7 +179,7 @@ class Patch(_Selective):
         src = self.source
         if isinstance(src, RunProxy):  # the same hook of another run
             src = src[hook_name]
-        elif isinstance(src, Mapping):  # a cache: look the hook up by name
+        elif isinstance(src, Mapping) or hasattr(src, "cache_dict"):  # a cache (dict or ActivationCache)
             if hook_name not in src:
                 raise KeyError(f"patch source has no activation {hook_name!r}")
             src = src[hook_name]

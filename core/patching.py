@@ -6,7 +6,20 @@ layer, maybe a position, a head, ...) with its value from a clean run, and recor
 of the axes it is given; the ``get_act_patch_*`` helpers fix the activation, the patch
 setter and the axes for the common cases.
 
-This is the plain implementation: one forward pass per cell.
+Two implementations give the same grids (fp32: within ~1e-6):
+
+- the engine of :mod:`telelens.core.sweeps` (``method="fast"``) runs many patched variants
+  per forward pass, each resumed from the corrupted run at the patched layer and position,
+  and unembeds only the positions the metric reads;
+- ``method="naive"``: one full forward pass per cell, as TransformerLens does.
+
+The default ``method="auto"`` uses the engine and falls back to the loop where the engine
+cannot run (hook functions attached to the model, an activation outside the blocks).
+See docs/patching.md.
+
+Besides the TransformerLens helpers: :func:`attribution_patch` (the gradient approximation,
+one forward and one backward) and :func:`ablation_sweep` (zero/mean ablation of every head or
+neuron, batched).
 
 Unlike TransformerLens, pandas is optional: the cells are enumerated with
 ``itertools.product``; ``index_df`` may be a pandas DataFrame, a 2-D tensor or array, or a
@@ -24,6 +37,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from telelens.core.sweeps import PatchSite, SweepOptions, SweepUnsupported, sweep_sites
+from telelens.core.sweeps.ablation import AblationKind, AblationOver, ablation_sweep
+from telelens.core.sweeps.attribution import AttributionResult, attribution_patch
+from telelens.core.sweeps.metric import LogitPositions
 from telelens.core.utils import get_act_name
 
 if TYPE_CHECKING:
@@ -38,6 +55,39 @@ PatchingMetric = Callable[[torch.Tensor], torch.Tensor | float]
 """``metric(logits [batch, pos, d_vocab_out]) -> scalar``."""
 IndexTable = Any
 """A pandas DataFrame, a 2-D tensor/array, or a list of index tuples: one row per cell."""
+Method = Literal["auto", "fast", "naive"]
+
+__all__ = [
+    "AblationKind",
+    "AblationOver",
+    "AttributionResult",
+    "ablation_sweep",
+    "attribution_patch",
+    "generic_activation_patch",
+    "get_act_patch_attn_head_all_pos_every",
+    "get_act_patch_attn_head_by_pos_every",
+    "get_act_patch_attn_head_k_all_pos",
+    "get_act_patch_attn_head_k_by_pos",
+    "get_act_patch_attn_head_out_all_pos",
+    "get_act_patch_attn_head_out_by_pos",
+    "get_act_patch_attn_head_pattern_all_pos",
+    "get_act_patch_attn_head_pattern_by_pos",
+    "get_act_patch_attn_head_pattern_dest_src_pos",
+    "get_act_patch_attn_head_q_all_pos",
+    "get_act_patch_attn_head_q_by_pos",
+    "get_act_patch_attn_head_v_all_pos",
+    "get_act_patch_attn_head_v_by_pos",
+    "get_act_patch_block_every",
+    "get_act_patch_mlp_out",
+    "get_act_patch_resid_mid",
+    "get_act_patch_resid_pre",
+    "layer_head_dest_src_pos_pattern_patch_setter",
+    "layer_head_pattern_patch_setter",
+    "layer_head_pos_pattern_patch_setter",
+    "layer_head_vector_patch_setter",
+    "layer_pos_head_vector_patch_setter",
+    "layer_pos_patch_setter",
+]
 
 # Hook points whose head axis counts key/value heads (fewer than query heads under GQA).
 _KV_HEAD_SUFFIXES = (".hook_k", ".hook_v", ".hook_rot_k", ".hook_k_input", ".hook_v_input")
@@ -96,6 +146,11 @@ def generic_activation_patch(
     index_axis_names: Sequence[AxisNames] | None = None,
     index_df: IndexTable | None = None,
     return_index_df: bool = False,
+    *,
+    method: Method = "auto",
+    logit_positions: LogitPositions = "auto",
+    memory_budget: int | None = None,
+    progress: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, IndexTable]:
     """Patch each cell of one activation from the clean run into the corrupted run; return the metric.
 
@@ -117,6 +172,12 @@ def generic_activation_patch(
             ``index_axis_names``, not both.
         return_index_df: Also return the cells (the ``index_df`` passed in; otherwise a pandas
             DataFrame if pandas is installed, else a LongTensor [n_cells, n_axes]).
+        method: ``"auto"`` (the batched engine, or the plain loop where it cannot run),
+            ``"fast"`` (the engine or an error), ``"naive"`` (one forward pass per cell).
+        logit_positions: Engine only: the positions of the logits the metric reads
+            (``"auto"``: found by probing the metric; ``"all"``; or a list).
+        memory_budget: Engine only: bytes one block of patched variants may use.
+        progress: Show a progress bar (updated per block of cells).
 
     Returns:
         The metric for each cell, shaped like the axes (e.g. [n_layers, pos]) or [n_cells] with
@@ -133,6 +194,50 @@ def generic_activation_patch(
         rows = _rows_of(index_df)
         out_shape = [len(rows)]
 
+    if method not in ("auto", "fast", "naive"):
+        raise ValueError(f"method must be 'auto', 'fast' or 'naive', got {method!r}")
+    result = None
+    if method != "naive":
+        options = SweepOptions(logit_positions=logit_positions, memory_budget=memory_budget)
+        try:
+            flat = _fast_patch(
+                model, corrupted_tokens, clean_cache, patching_metric, patch_setter, activation_name, rows,
+                options, progress,
+            )  # fmt: skip
+            result = flat.to(model.cfg.device).reshape(out_shape)
+        except SweepUnsupported:
+            if method == "fast":
+                raise
+    if result is None:
+        result = _naive_patch(
+            model,
+            corrupted_tokens,
+            clean_cache,
+            patching_metric,
+            patch_setter,
+            activation_name,
+            rows,
+            progress,
+        ).reshape(out_shape)
+
+    if return_index_df:
+        table = index_df if index_df is not None else _index_table(rows, list(index_axis_names or ()))
+        return result, table
+    return result
+
+
+def _naive_patch(
+    model: HookedTransformer,
+    corrupted_tokens: torch.Tensor,
+    clean_cache: Any,
+    patching_metric: PatchingMetric,
+    patch_setter: PatchSetter,
+    activation_name: str,
+    rows: list[list[int]],
+    progress: bool = True,
+) -> torch.Tensor:
+    """One full forward pass of the corrupted tokens per cell: the reference implementation."""
+
     def patch_hook(
         activation: torch.Tensor, hook: Any, index: list[int], clean: torch.Tensor
     ) -> torch.Tensor:
@@ -141,17 +246,57 @@ def generic_activation_patch(
 
     values: list[float] = []
     with torch.inference_mode():
-        for index in tqdm(rows):
+        for index in tqdm(rows, disable=not progress):
             name = get_act_name(activation_name, index[0])
             hook = partial(patch_hook, index=index, clean=clean_cache[name])
             logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])
             values.append(float(patching_metric(logits)))
-    result = torch.tensor(values, dtype=torch.float32, device=model.cfg.device).reshape(out_shape)
+    return torch.tensor(values, dtype=torch.float32, device=model.cfg.device)
 
-    if return_index_df:
-        table = index_df if index_df is not None else _index_table(rows, list(index_axis_names or ()))
-        return result, table
-    return result
+
+def _site_index(patch_setter: PatchSetter, index: Sequence[int]) -> tuple[int | None, ...] | None:
+    """What a known setter writes, as an index over the activation's dims after the batch dim."""
+    if patch_setter is layer_head_vector_patch_setter:
+        return (None, int(index[1]))  # act[:, :, head]
+    if patch_setter in _POSITIONAL_SETTERS:
+        return tuple(int(i) for i in index[1:])  # act[:, i1, i2, ...]
+    return None
+
+
+def _fast_patch(
+    model: HookedTransformer,
+    corrupted_tokens: torch.Tensor,
+    clean_cache: Any,
+    patching_metric: PatchingMetric,
+    patch_setter: PatchSetter,
+    activation_name: str,
+    rows: list[list[int]],
+    options: SweepOptions,
+    progress: bool,
+) -> torch.Tensor:
+    """The batched engine over the same cells (raises SweepUnsupported when it cannot run them)."""
+    known = patch_setter in _POSITIONAL_SETTERS or patch_setter is layer_head_vector_patch_setter
+    sites = []
+    for index in rows:
+        if not index:
+            raise ValueError("every cell needs at least a layer index")
+        layer = int(index[0])
+        if known:
+            sites.append(PatchSite(layer, _site_index(patch_setter, index) or ()))
+        else:
+            sites.append(PatchSite(layer, (), raw=tuple(int(i) for i in index)))
+    with tqdm(total=len(sites), disable=not progress) as bar:
+        return sweep_sites(
+            model,
+            corrupted_tokens,
+            lambda layer: get_act_name(activation_name, layer),
+            sites,
+            lambda name: clean_cache[name],
+            patching_metric,
+            setter=None if known else patch_setter,
+            options=options,
+            progress=bar.update,
+        )
 
 
 # ---------------------------------------------------------------------------- patch setters
@@ -213,6 +358,16 @@ def layer_head_dest_src_pos_pattern_patch_setter(
     _, head, dest, src = index
     corrupted_activation[:, head, dest, src] = clean_activation[:, head, dest, src]
     return corrupted_activation
+
+
+_POSITIONAL_SETTERS = (
+    layer_pos_patch_setter,
+    layer_pos_head_vector_patch_setter,
+    layer_head_pattern_patch_setter,
+    layer_head_pos_pattern_patch_setter,
+    layer_head_dest_src_pos_pattern_patch_setter,
+)
+"""Setters writing ``act[:, index[1], index[2], ...]``: the engine reads the index as is."""
 
 
 # ---------------------------------------------------------------------------- specialised patches
@@ -338,63 +493,84 @@ def _pad_heads(result: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def get_act_patch_block_every(
-    model: HookedTransformer, corrupted_tokens: torch.Tensor, clean_cache: Any, metric: PatchingMetric
+    model: HookedTransformer,
+    corrupted_tokens: torch.Tensor,
+    clean_cache: Any,
+    metric: PatchingMetric,
+    **kwargs: Any,
 ) -> torch.Tensor:
-    """resid_pre, attn_out and mlp_out patching stacked: [3, n_layers, pos]."""
+    """resid_pre, attn_out and mlp_out patching stacked: [3, n_layers, pos].
+
+    Keyword arguments (``method``, ``logit_positions``, ...) go to each helper.
+    """
     return torch.stack(
         [
-            get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, metric),
-            get_act_patch_attn_out(model, corrupted_tokens, clean_cache, metric),
-            get_act_patch_mlp_out(model, corrupted_tokens, clean_cache, metric),
+            get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, metric, **kwargs),
+            get_act_patch_attn_out(model, corrupted_tokens, clean_cache, metric, **kwargs),
+            get_act_patch_mlp_out(model, corrupted_tokens, clean_cache, metric, **kwargs),
         ]
     )
 
 
 def get_act_patch_attn_head_all_pos_every(
-    model: HookedTransformer, corrupted_tokens: torch.Tensor, clean_cache: Any, metric: PatchingMetric
+    model: HookedTransformer,
+    corrupted_tokens: torch.Tensor,
+    clean_cache: Any,
+    metric: PatchingMetric,
+    **kwargs: Any,
 ) -> torch.Tensor:
     """Per-head patching at every position of output, q, k, v and pattern, stacked: [5, n_layers, n_heads].
 
-    Under GQA the k and v rows hold n_key_value_heads values, zero-padded to n_heads.
+    Under GQA the k and v rows hold n_key_value_heads values, zero-padded to n_heads. Keyword
+    arguments (``method``, ``logit_positions``, ...) go to each helper.
     """
     n_heads = model.cfg.n_heads
     return torch.stack(
         [
-            get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, clean_cache, metric),
-            get_act_patch_attn_head_q_all_pos(model, corrupted_tokens, clean_cache, metric),
+            get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, clean_cache, metric, **kwargs),
+            get_act_patch_attn_head_q_all_pos(model, corrupted_tokens, clean_cache, metric, **kwargs),
             _pad_heads(
-                get_act_patch_attn_head_k_all_pos(model, corrupted_tokens, clean_cache, metric), n_heads
+                get_act_patch_attn_head_k_all_pos(model, corrupted_tokens, clean_cache, metric, **kwargs),
+                n_heads,
             ),
             _pad_heads(
-                get_act_patch_attn_head_v_all_pos(model, corrupted_tokens, clean_cache, metric), n_heads
+                get_act_patch_attn_head_v_all_pos(model, corrupted_tokens, clean_cache, metric, **kwargs),
+                n_heads,
             ),
-            get_act_patch_attn_head_pattern_all_pos(model, corrupted_tokens, clean_cache, metric),
+            get_act_patch_attn_head_pattern_all_pos(model, corrupted_tokens, clean_cache, metric, **kwargs),
         ]
     )
 
 
 def get_act_patch_attn_head_by_pos_every(
-    model: HookedTransformer, corrupted_tokens: torch.Tensor, clean_cache: Any, metric: PatchingMetric
+    model: HookedTransformer,
+    corrupted_tokens: torch.Tensor,
+    clean_cache: Any,
+    metric: PatchingMetric,
+    **kwargs: Any,
 ) -> torch.Tensor:
     """Per-head, per-position patching of output, q, k, v and pattern, stacked: [5, n_layers, pos, n_heads].
 
     The pattern row is patched per destination position. Under GQA the k and v rows hold
-    n_key_value_heads values, zero-padded to n_heads.
+    n_key_value_heads values, zero-padded to n_heads. Keyword arguments (``method``, ...) go to
+    each helper.
     """
     n_heads = model.cfg.n_heads
     return torch.stack(
         [
-            get_act_patch_attn_head_out_by_pos(model, corrupted_tokens, clean_cache, metric),
-            get_act_patch_attn_head_q_by_pos(model, corrupted_tokens, clean_cache, metric),
+            get_act_patch_attn_head_out_by_pos(model, corrupted_tokens, clean_cache, metric, **kwargs),
+            get_act_patch_attn_head_q_by_pos(model, corrupted_tokens, clean_cache, metric, **kwargs),
             _pad_heads(
-                get_act_patch_attn_head_k_by_pos(model, corrupted_tokens, clean_cache, metric), n_heads
+                get_act_patch_attn_head_k_by_pos(model, corrupted_tokens, clean_cache, metric, **kwargs),
+                n_heads,
             ),
             _pad_heads(
-                get_act_patch_attn_head_v_by_pos(model, corrupted_tokens, clean_cache, metric), n_heads
+                get_act_patch_attn_head_v_by_pos(model, corrupted_tokens, clean_cache, metric, **kwargs),
+                n_heads,
             ),
             # [n_layers, n_heads, dest_pos] -> [n_layers, pos, n_heads]
-            get_act_patch_attn_head_pattern_by_pos(model, corrupted_tokens, clean_cache, metric).permute(
-                0, 2, 1
-            ),
+            get_act_patch_attn_head_pattern_by_pos(
+                model, corrupted_tokens, clean_cache, metric, **kwargs
+            ).permute(0, 2, 1),
         ]
     )

@@ -23,6 +23,7 @@ _LAZY = {
     "FactoredMatrix": "telelens.core.factored_matrix",
     "HookPoint": "telelens.core.hook_points",
     "HookedRootModule": "telelens.core.hook_points",
+    "connect": "telelens.client",
 }
 _LAZY_MODULES = {
     "utils": "telelens.utils",

@@ -1,8 +1,10 @@
 """The activation-patching demo: where does "Eiffel Tower -> Paris" live in SmolLM2?
 
-Patches the clean residual stream (``resid_pre``) into the corrupted run, one
-(layer, position) cell at a time, and reports how much of the clean-vs-corrupt logit
-difference each cell restores (1 = all of it, 0 = none).
+Patches the clean residual stream (``resid_pre``) into the corrupted run at every
+(layer, position) cell and reports how much of the clean-vs-corrupt logit difference each
+cell restores (1 = all of it, 0 = none). By default it starts a server on loopback (local
+Ray, one SmolLM2 worker), connects to it as a thin client, and sends the whole experiment
+as one sweep node: only the grid comes back.
 """
 
 from __future__ import annotations
@@ -19,29 +21,29 @@ ANSWERS = (" Paris", " Rome")
 
 
 def run_patching(model: Any) -> tuple[torch.Tensor, list[str]]:
-    """The normalized patching grid [n_layers, pos] and the position labels."""
-    from telelens.core import patching
+    """The normalized patching grid [n_layers, pos] and the position labels.
+
+    ``model`` is a local HookedTransformer or a remote model (``telelens.connect``): either
+    way the sweep is one graph node, executed next to the weights; only the grid comes back.
+    """
+    from telelens.client import ops, patching
 
     clean, corrupt = model.to_tokens(CLEAN), model.to_tokens(CORRUPT)
     if clean.shape != corrupt.shape:
         raise ValueError(f"prompts tokenize to different lengths: {clean.shape[1]} vs {corrupt.shape[1]}")
     right, wrong = (model.to_single_token(a) for a in ANSWERS)
-
-    def logit_diff(logits: torch.Tensor) -> torch.Tensor:
-        return logits[0, -1, right] - logits[0, -1, wrong]
-
-    with torch.inference_mode():
-        clean_logits, clean_cache = model.run_with_cache(
-            clean, names_filter=lambda n: n.endswith("resid_pre")
-        )
-        clean_diff, corrupt_diff = logit_diff(clean_logits), logit_diff(model(corrupt))
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        return (logit_diff(logits) - corrupt_diff) / (clean_diff - corrupt_diff)
-
-    grid = patching.get_act_patch_resid_pre(model, corrupt, clean_cache, metric)
+    backend = model if hasattr(model, "execute") else _local_backend(model)
+    grid = patching.sweep(
+        backend, corrupt, clean, activation="resid_pre", metric=ops.logit_diff(right, wrong), normalize=True
+    )
     labels = [f"{i}:{t}" for i, t in enumerate(model.to_str_tokens(CORRUPT))]
     return grid, labels
+
+
+def _local_backend(model: Any) -> Any:
+    from telelens.core.graph.local import LocalBackend
+
+    return LocalBackend(model)
 
 
 def print_heatmap(grid: torch.Tensor, labels: list[str], title: str) -> None:
@@ -89,12 +91,37 @@ def write_png(grid: torch.Tensor, labels: list[str], title: str, path: Path) -> 
     return path
 
 
-def main(model_name: str = "smollm2-135m", png: str = "patching_resid_pre.png") -> Path:
-    """Load the model, run the sweep, print the heatmap, write the PNG."""
-    from telelens.core.hooked_transformer import HookedTransformer
-
+def main(
+    model_name: str = "smollm2-135m",
+    png: str = "patching_resid_pre.png",
+    server: str | None = None,
+    local: bool = False,
+) -> Path:
+    """Run the sweep and show it: on an embedded server (default), a given server, or in-process."""
     t0 = time.perf_counter()
-    model = HookedTransformer.from_pretrained_no_processing(model_name)
+    if local:
+        from telelens.core.hooked_transformer import HookedTransformer
+
+        model: Any = HookedTransformer.from_pretrained_no_processing(model_name)
+        where = "in-process"
+        return _show(model, png, where, t0)
+    import telelens
+
+    if server is not None:
+        with telelens.connect(server, model=model_name) as model:
+            return _show(model, png, f"server {server}", t0)
+    from telelens.server.app import run_server
+    from telelens.server.config import ServeConfig
+
+    print(f"starting an embedded server (local Ray, one {model_name} worker) ...")
+    with (
+        run_server(ServeConfig.for_model(model_name, port=0)) as handle,
+        telelens.connect(handle.address, model=model_name) as model,
+    ):
+        return _show(model, png, f"embedded server {handle.address}", t0)
+
+
+def _show(model: Any, png: str, where: str, t0: float) -> Path:
     t1 = time.perf_counter()
     grid, labels = run_patching(model)
     t2 = time.perf_counter()
@@ -102,6 +129,7 @@ def main(model_name: str = "smollm2-135m", png: str = "patching_resid_pre.png") 
     print_heatmap(grid, labels, title)
     out = write_png(grid, labels, title, Path(png))
     print(
-        f"loaded in {t1 - t0:.1f}s, {grid.numel()} patched runs in {t2 - t1:.1f}s; heatmap written to {out}"
+        f"{where}: ready in {t1 - t0:.1f}s; {grid.numel()}-cell sweep in {t2 - t1:.1f}s "
+        f"({grid.numel() * 4} bytes of results came back); heatmap written to {out}"
     )
     return out

@@ -29,12 +29,15 @@ def execute(
     progress: Progress | None = None,
     *,
     batch_runs: bool = True,
+    for_autograd: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Run an intervention graph on ``model``; return the saved values by name.
 
     The graph is validated first, before any forward pass (``ir.GraphValidationError``
     lists every problem). Results are detached CPU tensors in the dtype each Save asked for.
     ``batch_runs=False`` gives every run its own forward pass (for comparisons).
+    ``for_autograd=False`` (the server: results only get serialized) skips the copy that turns
+    inference-mode results into ordinary tensors.
     """
     checked = check(model, graph, limits)
     if checked.errors:
@@ -48,12 +51,17 @@ def execute(
         for save in graph.saves:
             v = executor.evaluator.value(save.id).detach()
             values[save.name] = v.to(TORCH_DTYPES[save.dtype]) if save.dtype else v
-    return {name: _to_result(v) for name, v in values.items()}
+    return {name: _to_result(v, for_autograd) for name, v in values.items()}
 
 
-def _to_result(v: torch.Tensor) -> torch.Tensor:
-    """A CPU tensor of its own: never an inference tensor, a model weight, or a view of a big activation."""
+def _to_result(v: torch.Tensor, for_autograd: bool = True) -> torch.Tensor:
+    """A CPU tensor of its own: never an inference tensor, a model weight, or a view of a big activation.
+
+    Without ``for_autograd`` (results that are only serialized) a contiguous tensor is kept as it is.
+    """
     out = v.to("cpu")
+    if not for_autograd:
+        return out.contiguous()
     shares = out.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
     oversized = out.untyped_storage().nbytes() > out.numel() * out.element_size()
     if shares or oversized or out.is_inference():

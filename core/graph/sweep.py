@@ -4,7 +4,12 @@ Conventions follow ``telelens.core.patching`` (TransformerLens's patching helper
 cell copies the clean activation into the corrupted run at one layer, and at one position
 and/or head when those axes are swept, for every batch row; the grid is shaped by the axes
 in order ``layer, pos, head``. For attention patterns and scores ``pos`` is the destination
-(query) position. A later version batches cells and resumes from the cached residual.
+(query) position.
+
+:func:`run_sweep` runs the cells on the batched engine of :mod:`telelens.core.sweeps` (many
+patched variants per forward pass, resumed from the corrupted run, the metric sub-graph
+evaluated per variant here on the worker, only the grid returned), and falls back to
+:func:`run_sweep_naive` (one full forward pass per cell) where the engine cannot run.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from telelens.core.graph.hooks import HookTable, hook_dims, hook_error
+from telelens.core.sweeps import PatchSite, SweepUnsupported, sweep_sites
 from telelens.core.utils import get_act_name
 from telelens.protos import ir
 
@@ -44,6 +50,11 @@ class SweepGeometry:
 
     def cells(self) -> Iterator[tuple[int, ...]]:
         return itertools.product(*(range(s) for s in self.sizes))
+
+    def site(self, cell: tuple[int, ...]) -> PatchSite:
+        """A cell as the engine's patch site (an index over the dims after the batch dim)."""
+        layer, where = self.where(cell)
+        return PatchSite(layer, tuple(i if isinstance(i, int) else None for i in where[1:]))
 
     def where(self, cell: tuple[int, ...]) -> tuple[int, tuple[Any, ...]]:
         """A cell -> (layer, index into that layer's activation [batch, ...])."""
@@ -100,6 +111,43 @@ def sweep_geometry(
 
 
 def run_sweep(
+    model: HookedTransformer,
+    geometry: SweepGeometry,
+    clean: dict[int, torch.Tensor],
+    tokens: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    on_cell: Callable[[], None] = lambda: None,
+) -> torch.Tensor:
+    """The metric grid (float32, shaped by the axes), on the batched engine where it can run.
+
+    ``clean[layer]`` is the clean run's activation at ``geometry.hooks[layer]``. ``on_cell``
+    is called once per cell, in bursts as each block of cells finishes.
+    """
+    by_hook = {geometry.hooks[layer]: act for layer, act in clean.items()}
+    sites = [geometry.site(cell) for cell in geometry.cells()]
+
+    def done(n: int) -> None:
+        for _ in range(n):
+            on_cell()
+
+    try:
+        flat = sweep_sites(
+            model,
+            tokens,
+            lambda layer: geometry.hooks[layer],
+            sites,
+            by_hook.__getitem__,
+            metric,
+            attention_mask=attention_mask,
+            progress=done,
+        )
+    except SweepUnsupported:
+        return run_sweep_naive(model, geometry, clean, tokens, attention_mask, metric, on_cell)
+    return flat.to(model.W_E.device).reshape(geometry.sizes)
+
+
+def run_sweep_naive(
     model: HookedTransformer,
     geometry: SweepGeometry,
     clean: dict[int, torch.Tensor],

@@ -1,0 +1,210 @@
+"""The Ray workers: replicas per model, least-busy routing, dead-replica replacement.
+
+Every replica is a :class:`~telelens.server.worker.RayModelWorker` actor. A replica that
+spans several GPUs gets a placement group (one ``STRICT_PACK`` bundle holding all of its
+GPUs) so that its resources are reserved together on one node. A request goes to the
+replica with the fewest requests in flight. If its actor dies, the actor is replaced; the
+request is retried once on a live replica if no result had reached the client yet, and
+otherwise fails with UNAVAILABLE. The pool keeps serving either way.
+
+All methods run on the server's event loop; Ray calls are awaited, never blocking it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from telelens.protos import ir
+from telelens.server.config import ModelConfig, ServeConfig
+from telelens.server.failures import Failure
+from telelens.server.worker import Chunk, Done, Header, Item, ModelDescription, RayModelWorker
+
+logger = logging.getLogger(__name__)
+
+BACKPRESSURE_OBJECTS = 4
+"""Chunks a worker may have produced ahead of the front door (bounds memory per request)."""
+
+
+@dataclass
+class Replica:
+    model: ModelConfig
+    index: int
+    actor: Any
+    placement_group: Any = None
+    busy: int = 0
+    served: int = 0
+    generation: int = 0
+    """How many times this replica's actor was replaced."""
+
+
+@dataclass
+class _Model:
+    config: ModelConfig
+    replicas: list[Replica] = field(default_factory=list)
+    description: ModelDescription | None = None
+
+
+class WorkerPool:
+    """Actors for every model of a :class:`ServeConfig` (Ray must already be initialized)."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        import ray
+
+        self.config = config
+        self._ray = ray
+        self._actor_class = ray.remote(RayModelWorker)
+        self._models = {m.name: _Model(m) for m in config.models}
+        self._ticket = itertools.count()
+
+    # ------------------------------------------------------------------ life cycle
+    async def start(self) -> None:
+        """Start every replica and wait until each has loaded its model (and describe each model)."""
+        for m in self._models.values():
+            for i in range(m.config.replicas):
+                m.replicas.append(await self._new_replica(m.config, i))
+        try:
+            await asyncio.wait_for(self._await_ready(), self.config.startup_timeout_seconds)
+        except asyncio.TimeoutError:
+            raise RuntimeError(
+                f"the workers did not load their models within {self.config.startup_timeout_seconds:.0f} s "
+                "(startup_timeout_seconds); is the Ray cluster short of CPUs/GPUs for the replicas asked for?"
+            ) from None
+
+    async def _await_ready(self) -> None:
+        async def ready(m: _Model, r: Replica) -> None:
+            try:
+                description = await r.actor.info.remote()
+            except self._ray.exceptions.RayError as e:
+                raise RuntimeError(
+                    f"model {m.config.name!r} replica {r.index} failed to start:\n{e}"
+                ) from None
+            if m.description is None:
+                m.description = description
+
+        await asyncio.gather(*(ready(m, r) for m in self._models.values() for r in m.replicas))
+
+    async def _new_replica(self, model: ModelConfig, index: int, pg: Any = None) -> Replica:
+        options: dict[str, Any] = {"num_cpus": model.num_cpus, "num_gpus": model.num_gpus, "max_restarts": 0}
+        if model.num_gpus > 1:  # one replica on several GPUs: reserve them together, on one node
+            from ray.util.placement_group import placement_group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            if pg is None:
+                bundle = {"GPU": model.num_gpus, **({"CPU": model.num_cpus} if model.num_cpus else {})}
+                pg = placement_group([bundle], strategy="STRICT_PACK", name=f"telelens-{model.name}-{index}")
+                await asyncio.wait_for(pg.ready(), self.config.startup_timeout_seconds)
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=0
+            )
+        actor = self._actor_class.options(**options).remote(model, index, self.config.worker_chunk_bytes)
+        return Replica(model, index, actor, placement_group=pg)
+
+    async def shutdown(self) -> None:
+        """Kill every actor and release placement groups."""
+        from ray.util.placement_group import remove_placement_group
+
+        for m in self._models.values():
+            for r in m.replicas:
+                self._ray.kill(r.actor, no_restart=True)
+                if r.placement_group is not None:
+                    remove_placement_group(r.placement_group)
+            m.replicas.clear()
+
+    # ------------------------------------------------------------------ lookup
+    @property
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def describe(self, model: str) -> ModelDescription:
+        d = self._models[model].description
+        assert d is not None, "the pool has not started"
+        return d
+
+    def replicas(self, model: str) -> list[Replica]:
+        return list(self._models[model].replicas)
+
+    def _pick(self, model: str) -> Replica:
+        # Least busy; among equals the one that served least recently (round robin).
+        return min(self._models[model].replicas, key=lambda r: (r.busy, r.served))
+
+    async def _replace(self, replica: Replica, dead: Any) -> None:
+        if replica.actor is not dead:  # another request already replaced it
+            return
+        with contextlib.suppress(Exception):  # already gone
+            self._ray.kill(dead, no_restart=True)
+        fresh = await self._new_replica(replica.model, replica.index, replica.placement_group)
+        replica.actor, replica.generation = fresh.actor, replica.generation + 1
+        logger.warning(
+            "replaced dead worker %s/%d (generation %d)",
+            replica.model.name,
+            replica.index,
+            replica.generation,
+        )
+
+    # ------------------------------------------------------------------ runs
+    async def run(
+        self, model: str, graph: ir.Graph, limits: ir.Limits, deadline: float
+    ) -> AsyncIterator[Item]:
+        """Run ``graph`` on a replica of ``model``; yield its items as they arrive.
+
+        ``deadline`` is in event-loop time. Raises :class:`Failure` (the worker's own, or
+        DEADLINE_EXCEEDED / UNAVAILABLE). Closing the iterator early cancels the run.
+        """
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            replica = self._pick(model)
+            actor = replica.actor
+            replica.busy += 1
+            replica.served = next(self._ticket)
+            started_results = False
+            finished = False
+            gen = actor.run_stream.options(
+                num_returns="streaming", _generator_backpressure_num_objects=BACKPRESSURE_OBJECTS
+            ).remote(graph, limits)
+            try:
+                while True:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise asyncio.TimeoutError
+                    try:
+                        ref = await asyncio.wait_for(gen.__anext__(), remaining)
+                    except StopAsyncIteration:
+                        finished = True
+                        return
+                    item = await asyncio.wait_for(ref, max(deadline - loop.time(), 0.001))
+                    if isinstance(item, Failure):
+                        finished = True
+                        raise item
+                    if isinstance(item, (Header, Chunk)):
+                        started_results = True
+                    yield item
+                    if isinstance(item, Done):
+                        finished = True
+                        return
+            except asyncio.TimeoutError:
+                raise Failure("DEADLINE_EXCEEDED", "the run did not finish before its deadline") from None
+            except self._ray.exceptions.RayTaskError as e:  # a bug in the worker, not a bad request
+                finished = True
+                raise Failure("INTERNAL", f"worker {model}/{replica.index} failed: {e}") from None
+            except self._ray.exceptions.RayActorError as e:
+                finished = True
+                await self._replace(replica, actor)
+                where = f"worker {model}/{replica.index}"
+                if attempt == 1 and not started_results:
+                    logger.warning("%s died during a run; retrying once on a live replica (%s)", where, e)
+                    continue
+                when = "after results had started streaming" if started_results else "twice in a row"
+                raise Failure(
+                    "UNAVAILABLE", f"{where} died {when}; the server is replacing it, send the request again"
+                ) from None
+            finally:
+                replica.busy -= 1
+                if not finished:  # deadline, client gone, or an error here: stop the worker's work
+                    self._ray.cancel(gen)
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,268 @@
+"""The ``telelens.v1.Telelens`` gRPC servicer (asyncio): handshake, model info, streamed runs.
+
+Status codes (see ``docs/server.md``): an invalid graph is INVALID_ARGUMENT with the
+serialized ``GraphErrors`` in the trailing metadata key ``telelens-graph-errors-bin``; a
+graph over the caller's limits is RESOURCE_EXHAUSTED (same metadata); code hooks without
+permission are PERMISSION_DENIED; an unknown model is NOT_FOUND; a run past its deadline is
+DEADLINE_EXCEEDED; a worker that died mid-stream is UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import NoReturn
+
+import grpc
+
+import telelens
+from telelens.protos import codec, ir, service_pb2, service_pb2_grpc, tensor_pb2
+from telelens.server import failures
+from telelens.server.auth import ApiKey, AuthError, KeyStore
+from telelens.server.config import CHUNK_OVERHEAD, ServeConfig
+from telelens.server.failures import Failure
+from telelens.server.pool import WorkerPool
+from telelens.server.worker import Chunk, Done, Header, ModelDescription, Progress
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = ir.GRAPH_VERSION
+"""The service protocol is the graph protocol: one number for both."""
+MIN_PROTOCOL_VERSION = 1
+"""The oldest client protocol this server serves."""
+GRAPH_ERRORS_KEY = "telelens-graph-errors-bin"
+MIN_CHUNK_BYTES = 4096
+
+
+def handshake(client_version: int) -> service_pb2.HandshakeResponse:
+    """The server's answer to a client of protocol ``client_version``."""
+    ok = MIN_PROTOCOL_VERSION <= client_version <= PROTOCOL_VERSION
+    reason = ""
+    if not ok:
+        served = (
+            f"{PROTOCOL_VERSION}"
+            if MIN_PROTOCOL_VERSION == PROTOCOL_VERSION
+            else f"{MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION}"
+        )
+        advice = "upgrade the server" if client_version > PROTOCOL_VERSION else "upgrade the client"
+        shown = client_version if client_version else "none (0)"
+        reason = f"client protocol version {shown} is not served: the server speaks {served}; {advice}"
+    return service_pb2.HandshakeResponse(
+        protocol_version=PROTOCOL_VERSION,
+        min_protocol_version=MIN_PROTOCOL_VERSION,
+        server_version=telelens.__version__,
+        compatible=ok,
+        reason=reason,
+    )
+
+
+def model_info_message(d: ModelDescription) -> service_pb2.ModelInfo:
+    info = service_pb2.ModelInfo(
+        name=d.name,
+        config_json=d.config_json,
+        tokenizer_json=d.tokenizer_json,
+        tokenizer_config_json=d.tokenizer_config_json,
+    )
+    for name, dims in d.hooks:
+        info.hooks.add(name=name, shape=list(dims))
+    for name, shape, dtype in d.weights:
+        info.weights.add(name=name, shape=list(shape), dtype=_dtype(dtype))
+    return info
+
+
+def _dtype(name: str) -> int:
+    return tensor_pb2.DType.Value("DTYPE_" + name.upper())
+
+
+class TelelensService(service_pb2_grpc.TelelensServicer):
+    """Serves the models of a started :class:`WorkerPool`; never loads a model itself."""
+
+    def __init__(self, config: ServeConfig, pool: WorkerPool, keys: KeyStore) -> None:
+        self.config = config
+        self.pool = pool
+        self.keys = keys
+        self._in_flight: Counter[str] = Counter()  # key name -> runs in flight
+
+    # ------------------------------------------------------------------ helpers
+    async def _key(self, context: grpc.aio.ServicerContext) -> ApiKey:
+        try:
+            return self.keys.authenticate(context.invocation_metadata())
+        except AuthError as e:
+            await context.abort(e.code, e.message)
+            raise  # unreachable: abort raises
+
+    async def _model(self, name: str, key: ApiKey, context: grpc.aio.ServicerContext) -> ModelDescription:
+        if name not in self.pool.names:
+            available = [m for m in self.pool.names if key.may_use(m)]
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no model {name!r} on this server; available: {', '.join(available) or 'none for this key'}",
+            )
+        try:
+            self.keys.authorize(key, name)
+        except AuthError as e:
+            await context.abort(e.code, e.message)
+        return self.pool.describe(name)
+
+    @staticmethod
+    async def _fail(context: grpc.aio.ServicerContext, failure: Failure) -> NoReturn:
+        metadata: tuple[tuple[str, bytes], ...] = ()
+        if failure.errors:
+            metadata = ((GRAPH_ERRORS_KEY, codec.errors_to_proto(failure.errors).SerializeToString()),)
+        await context.abort(grpc.StatusCode[failure.code], failure.message, trailing_metadata=metadata)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ RPCs
+    async def Handshake(self, request, context):  # type: ignore[no-untyped-def]
+        await self._key(context)
+        return handshake(request.protocol_version)
+
+    async def ListModels(self, request, context):  # type: ignore[no-untyped-def]
+        key = await self._key(context)
+        out = service_pb2.ListModelsResponse()
+        for name in self.pool.names:
+            if not key.may_use(name):
+                continue
+            d, m = self.pool.describe(name), self.config.model(name)
+            out.models.add(
+                name=name,
+                architecture=d.architecture,
+                n_layers=d.n_layers,
+                n_params=d.n_params,
+                replicas=m.replicas,
+                dtype=d.dtype,
+                device=d.device,
+            )
+        return out
+
+    async def GetModelInfo(self, request, context):  # type: ignore[no-untyped-def]
+        key = await self._key(context)
+        return model_info_message(await self._model(request.model, key, context))
+
+    async def Run(self, request, context) -> AsyncIterator[service_pb2.RunResponse | bytes]:  # type: ignore[no-untyped-def,override]
+        key = await self._key(context)
+        await self._model(request.model, key, context)
+        limits_config = self.config.limits.merged(key.limits)
+        allow_code = self.config.allow_code and key.allow_code
+        limits = limits_config.to_ir(allow_code)
+        try:  # in a thread: a graph with large constants must not stall the other calls
+            graph = await asyncio.to_thread(failures.decode, request.graph, limits)
+        except Failure as f:
+            await self._fail(context, f)
+        if failures.has_code(graph) and not allow_code:
+            who = "this server" if not self.config.allow_code else f"API key {key.name!r}"
+            await self._fail(context, Failure("PERMISSION_DENIED", f"code hooks are not allowed for {who}"))
+        cap = limits_config.max_concurrent_runs
+        if cap and self._in_flight[key.name] >= cap:
+            await self._fail(
+                context,
+                Failure(
+                    "RESOURCE_EXHAUSTED", f"API key {key.name!r} already has {cap} runs in flight (its limit)"
+                ),
+            )
+
+        chunk = request.chunk_bytes or self.config.chunk_bytes
+        chunk = max(MIN_CHUNK_BYTES, min(chunk, self.config.max_message_bytes - CHUNK_OVERHEAD))
+        loop = asyncio.get_running_loop()
+        timeout = limits_config.deadline_seconds
+        client_left = context.time_remaining()
+        if client_left is not None:
+            timeout = min(timeout, client_left)
+        self._in_flight[key.name] += 1
+        try:
+            async for item in self.pool.run(request.model, graph, limits, loop.time() + timeout):
+                if isinstance(item, Chunk):
+                    for message in _chunk_messages(item, chunk):
+                        yield message
+                else:
+                    yield _message(item)
+        except Failure as f:
+            await self._fail(context, f)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:  # a bug, or Ray failing in a way the pool does not know
+            logger.exception("run on %s failed", request.model)
+            await self._fail(context, Failure("INTERNAL", f"{type(e).__name__}: {e}"))
+        finally:
+            self._in_flight[key.name] -= 1
+
+
+def _message(item: Progress | Header | Done) -> service_pb2.RunResponse:
+    if isinstance(item, Progress):
+        return service_pb2.RunResponse(
+            progress=service_pb2.Progress(done=item.done, total=item.total, stage=item.stage)
+        )
+    if isinstance(item, Header):
+        return service_pb2.RunResponse(
+            header=service_pb2.ResultHeader(
+                name=item.name, dtype=_dtype(item.dtype), shape=list(item.shape), nbytes=item.nbytes
+            )
+        )
+    return service_pb2.RunResponse(
+        done=service_pb2.RunSummary(
+            result_bytes=item.result_bytes, compute_seconds=item.compute_seconds, worker=item.worker
+        )
+    )
+
+
+def _chunk_messages(item: Chunk, size: int) -> Iterator[bytes]:
+    """One worker chunk as serialized ``RunResponse`` chunks of ``size`` data bytes each."""
+    view = memoryview(item.data)
+    for start in range(0, len(view), size):
+        yield encode_chunk(item.name, item.offset + start, view[start : start + size])
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_chunk(name: str, offset: int, data: memoryview | bytes) -> bytes:
+    """``RunResponse(chunk=ResultChunk(name, offset, data)).SerializeToString()``, byte for byte.
+
+    Written by hand so that the data is copied once, straight from the worker's buffer into
+    the message, instead of into a ``bytes``, a protobuf field and then its serialization.
+    """
+    encoded = name.encode()
+    head = b"".join(
+        (
+            b"\x0a" + _varint(len(encoded)) + encoded if encoded else b"",  # ResultChunk.name = 1
+            b"\x10" + _varint(offset) if offset else b"",  # ResultChunk.offset = 2
+            b"\x1a" + _varint(len(data)) if len(data) else b"",  # ResultChunk.data = 3
+        )
+    )
+    return b"".join((b"\x1a", _varint(len(head) + len(data)), head, data))  # RunResponse.chunk = 3
+
+
+def _serialize_run_response(message: service_pb2.RunResponse | bytes) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def add_to_server(servicer: TelelensService, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` like the generated ``add_TelelensServicer_to_server``, except that
+    ``Run`` may also yield pre-serialized responses (:func:`encode_chunk`)."""
+    service = service_pb2.DESCRIPTOR.services_by_name["Telelens"]
+    handlers = {}
+    for method in service.methods:
+        request = getattr(service_pb2, method.input_type.name)
+        response = getattr(service_pb2, method.output_type.name)
+        serialize = _serialize_run_response if method.name == "Run" else response.SerializeToString
+        kind = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = kind(
+            getattr(servicer, method.name),
+            request_deserializer=request.FromString,
+            response_serializer=serialize,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
