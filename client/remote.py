@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from telelens.client import builders
-from telelens.client.tokenizer import RemoteTokenizer, encode_batch
+from telelens.client.tokenizer import RemoteTokenizer
 from telelens.client.tracing import Tracer
 from telelens.protos import ir
+from telelens.tokens import TokenMethods
 
 if TYPE_CHECKING:
     from telelens.client.transport import RetryPolicy, Transport
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from telelens.core.factored_matrix import FactoredMatrix
     from telelens.protos import service_pb2
 
-TextInput = str | Sequence[str]
 ModelInput = str | Sequence[str] | torch.Tensor
 
 ATTN_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
@@ -147,7 +147,7 @@ class _RemoteNorm:
 
 
 # ---------------------------------------------------------------------------------------- model
-class RemoteModel:
+class RemoteModel(TokenMethods):
     """A model on a telelens server, used like a local ``HookedTransformer``.
 
     Build with :func:`connect`. Everything that runs the model sends one intervention graph;
@@ -235,96 +235,8 @@ class RemoteModel:
         return [f"L{layer}H{head}" for layer in range(self.cfg.n_layers) for head in range(self.cfg.n_heads)]
 
     # ------------------------------------------------------------------ tokenization
-    def _require_tokenizer(self) -> RemoteTokenizer:
-        if self.tokenizer is None:
-            raise ValueError("the server model has no tokenizer: pass token ids")
-        return self.tokenizer
-
-    def _encode(
-        self, input: TextInput, prepend_bos: bool | None, padding_side: str | None, truncate: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and attention mask, exactly as the core's ``HookedTransformer._encode``."""
-        tok = self._require_tokenizer()
-        texts = [input] if isinstance(input, str) else list(input)
-        prepend = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
-        side = padding_side or self.cfg.default_padding_side
-        return encode_batch(tok, texts, prepend, side, self.cfg.n_ctx if truncate else None)
-
-    def to_tokens(
-        self,
-        input: TextInput,
-        prepend_bos: bool | None = None,
-        padding_side: Literal["left", "right"] | None = None,
-        move_to_device: bool = True,
-        truncate: bool = True,
-    ) -> torch.Tensor:
-        """Text (or a list of texts, padded) -> token ids [batch, pos] (on the CPU)."""
-        return self._encode(input, prepend_bos, padding_side, truncate)[0]
-
-    def to_string(self, tokens: torch.Tensor | Sequence[int] | int) -> str | list[str]:
-        """Token ids -> text; a batch [batch, pos] gives a list of texts."""
-        tok = self._require_tokenizer()
-        t = torch.as_tensor(tokens)
-        if t.dim() == 2:
-            return [tok.decode(row.tolist()) for row in t]
-        if t.dim() == 0:
-            t = t[None]
-        return tok.decode(t.tolist())
-
-    def to_str_tokens(
-        self,
-        input: str | torch.Tensor | Sequence[Any],
-        prepend_bos: bool | None = None,
-        padding_side: Literal["left", "right"] | None = None,
-    ) -> list[str] | list[list[str]]:
-        """Each token as its own string; a list of texts gives a list of lists."""
-        tok = self._require_tokenizer()
-        if isinstance(input, (list, tuple)) and input and isinstance(input[0], str):
-            return [self.to_str_tokens(s, prepend_bos, padding_side) for s in input]  # type: ignore[return-value]
-        if isinstance(input, str):
-            ids = self._encode(input, prepend_bos, padding_side)[0][0].tolist()
-        else:
-            t = torch.as_tensor(input)
-            if t.dim() == 2:
-                if t.shape[0] != 1:
-                    raise ValueError(f"to_str_tokens takes one sequence, got a batch of {t.shape[0]}")
-                t = t[0]
-            ids = t.reshape(-1).tolist()
-        return [tok.decode([i]) for i in ids]
-
-    def to_single_token(self, string: str) -> int:
-        """The id of a string that is exactly one token (else a clear error)."""
-        ids = self._encode(string, prepend_bos=False, padding_side=None)[0][0]
-        if ids.numel() != 1:
-            raise ValueError(f"{string!r} is {ids.numel()} tokens, not one: {self.to_str_tokens(ids)}")
-        return int(ids.item())
-
-    def to_single_str_token(self, int_token: int) -> str:
-        return self.to_str_tokens(torch.tensor([int_token]))[0]  # type: ignore[return-value]
-
-    def get_token_position(
-        self,
-        single_token: str | int,
-        input: str | torch.Tensor,
-        mode: Literal["first", "last"] = "first",
-        prepend_bos: bool | None = None,
-        padding_side: Literal["left", "right"] | None = None,
-    ) -> int:
-        """Position of ``single_token`` in ``input`` (first or last occurrence)."""
-        tokens = (
-            self.to_tokens(input, prepend_bos, padding_side)
-            if isinstance(input, str)
-            else torch.as_tensor(input)
-        )
-        if tokens.dim() == 2:
-            if tokens.shape[0] != 1:
-                raise ValueError("get_token_position takes one sequence")
-            tokens = tokens[0]
-        tid = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
-        hits = (tokens == tid).nonzero().flatten()
-        if hits.numel() == 0:
-            raise ValueError(f"token {single_token!r} (id {tid}) is not in the input")
-        return int(hits[0] if mode == "first" else hits[-1])
+    # to_tokens, to_str_tokens, to_single_token, ...: telelens.tokens.TokenMethods, shared with the
+    # local HookedTransformer, so both tokenize identically (tokens stay on the CPU here).
 
     def _prepare(
         self,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 _SPECIAL = ("bos", "eos", "pad", "unk")
 
@@ -156,31 +156,3 @@ class RemoteTokenizer:
             f"<RemoteTokenizer vocab={len(self)} bos={self.bos_token!r} eos={self.eos_token!r} "
             f"pad={self.pad_token!r}>"
         )
-
-
-def encode_batch(
-    tokenizer: RemoteTokenizer,
-    texts: Sequence[str],
-    prepend_bos: bool,
-    padding_side: str,
-    n_ctx: int | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids [batch, pos] and attention mask, exactly as the core's ``HookedTransformer._encode``."""
-    import torch
-
-    ids = tokenizer.encode_batch(texts, add_special_tokens=False)
-    if prepend_bos:  # encoded without special tokens above, so BOS is ours to add
-        if tokenizer.bos_token_id is None:
-            raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
-        ids = [[tokenizer.bos_token_id, *x] for x in ids]
-    if n_ctx is not None:
-        ids = [x[:n_ctx] for x in ids]
-    width = max(len(x) for x in ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    tokens = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        sl = slice(width - len(x), width) if padding_side == "left" else slice(0, len(x))
-        tokens[i, sl] = torch.tensor(x, dtype=torch.long)
-        mask[i, sl] = 1
-    return tokens, mask

@@ -1,0 +1,27 @@
+"""The code stays clean: ruff (lint + format) on the tree, mypy on the public API (pyproject.toml)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_ruff_check_and_format():
+    check = run("ruff", "check", ".")
+    assert check.returncode == 0, check.stdout + check.stderr
+    fmt = run("ruff", "format", "--check", ".")
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_mypy_public_api():
+    result = run("mypy")
+    assert result.returncode == 0, result.stdout + result.stderr
