@@ -199,7 +199,7 @@ class ServeConfig:
     """Default per-request limits; a key's ``limits`` override them field by field."""
     chunk_bytes: int = 1 << 20
     """Result chunk size on the wire when the request does not ask for one."""
-    worker_chunk_bytes: int = 8 << 20
+    worker_chunk_bytes: int = 32 << 20
     """Chunk size between a worker and the front door (Ray objects; larger is faster, up to a point)."""
     max_message_bytes: int = 512 << 20
     """Largest gRPC message sent or received (a graph with its constants must fit)."""

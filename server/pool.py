@@ -177,16 +177,17 @@ class WorkerPool:
                     except StopAsyncIteration:
                         finished = True
                         return
-                    item = await asyncio.wait_for(ref, max(deadline - loop.time(), 0.001))
-                    if isinstance(item, Failure):
-                        finished = True
-                        raise item
-                    if isinstance(item, (Header, Chunk)):
-                        started_results = True
-                    yield item
-                    if isinstance(item, Done):
-                        finished = True
-                        return
+                    batch = await asyncio.wait_for(ref, max(deadline - loop.time(), 0.001))
+                    for item in batch if isinstance(batch, list) else [batch]:
+                        if isinstance(item, Failure):
+                            finished = True
+                            raise item
+                        if isinstance(item, (Header, Chunk)):
+                            started_results = True
+                        yield item
+                        if isinstance(item, Done):
+                            finished = True
+                            return
             except asyncio.TimeoutError:
                 raise Failure("DEADLINE_EXCEEDED", "the run did not finish before its deadline") from None
             except self._ray.exceptions.RayTaskError as e:  # a bug in the worker, not a bad request

@@ -327,12 +327,30 @@ class RayModelWorker(ModelWorker):
         torch.set_num_threads(max(1, int(model.num_cpus)))
         super().__init__(model, replica, chunk_bytes)
 
-    def run_stream(self, graph: ir.Graph | bytes, limits: ir.Limits) -> Iterator[Item]:
-        """:meth:`run`, stopping when the caller cancels (``ray.cancel`` on the generator)."""
+    def run_stream(self, graph: ir.Graph | bytes, limits: ir.Limits) -> Iterator[list[Item]]:
+        """:meth:`run` as batches of items, stopping when the caller cancels (``ray.cancel``).
+
+        Each Ray item costs about a millisecond however small it is, so consecutive small
+        items (headers, progress, small results' chunks) travel together, up to one worker
+        chunk (``chunk_bytes``) of payload; a full chunk goes alone. Progress flushes at once.
+        """
         import ray
 
         context = ray.get_runtime_context()
-        yield from self.run(graph, limits, should_stop=context.is_canceled)
+        bundle: list[Item] = []
+        size = 0
+        for item in self.run(graph, limits, should_stop=context.is_canceled):
+            item_bytes = item.data.nbytes if isinstance(item, Chunk) else 0
+            if bundle and size + item_bytes > self.chunk_bytes:
+                yield bundle
+                bundle, size = [], 0
+            bundle.append(item)
+            size += item_bytes
+            if isinstance(item, Progress) or size >= self.chunk_bytes:
+                yield bundle
+                bundle, size = [], 0
+        if bundle:
+            yield bundle
 
     def ping(self) -> str:
         return self.worker_id

@@ -68,6 +68,9 @@ def server(tiny_folder: Path, keys: tuple[Path, dict[str, str]], tmp_path_factor
         ray_num_cpus=2,
         data_dir=str(tmp_path_factory.mktemp("data")),
         grace_seconds=2,
+        # small worker chunks: a 64 MiB result is then more than the worker may send ahead
+        # (backpressure) of a stalled client, which the kill-while-streaming test relies on
+        worker_chunk_bytes=8 << 20,
     )
     with run_server(config) as handle:
         yield handle
