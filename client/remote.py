@@ -365,64 +365,28 @@ class RemoteModel(TokenMethods):
         Each step sends the whole sequence so far (the server keeps no state between
         requests, so ``use_past_kv_cache`` is accepted and ignored) and brings back only the
         next token (greedy: the argmax is taken on the server) or the last position's logits
-        (sampling, done here with the core's ``sample_logits``). Batches of texts are padded
-        on the left; finished rows emit the pad token, as in the core.
+        (sampling, done here). The loop is the core's (``telelens.generation``).
         """
-        from tqdm.auto import tqdm
+        from telelens.generation import generation_loop
 
-        input_was_text = isinstance(input, (str, list, tuple))
-        if isinstance(input, torch.Tensor):
-            tokens = input if input.dim() == 2 else input[None]
-            mask = attention_mask
-        else:
-            tokens, mask = self._encode(input, prepend_bos, padding_side or "left")
-            if bool(mask.all()):
-                mask = None
-        tokens = tokens.cpu()
-        if eos_token_id is None and stop_at_eos:
-            if self.tokenizer is None or self.tokenizer.eos_token_id is None:
-                raise ValueError("stop_at_eos needs eos_token_id or a tokenizer with an EOS token")
-            eos_token_id = self.tokenizer.eos_token_id
-        eos_ids = torch.tensor(
-            []
-            if eos_token_id is None
-            else ([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id)
-        )
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer is not None else 0
-        pad_id = 0 if pad_id is None else pad_id
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        greedy = not do_sample or temperature == 0.0
-        sample = None if greedy else _sampler()
-
-        batch = tokens.shape[0]
-        finished = torch.zeros(batch, dtype=torch.bool)
-        all_tokens, all_mask = tokens, mask
-        for _ in tqdm(range(max_new_tokens), disable=not verbose, desc="generate"):
+        def step(
+            all_tokens: torch.Tensor,
+            all_mask: torch.Tensor | None,
+            new_tokens: torch.Tensor,
+            new_mask: torch.Tensor | None,
+            greedy: bool,
+        ) -> torch.Tensor:
             graph, decode = self._next_token_graph(all_tokens, all_mask, greedy)
-            step = decode(self.execute(graph, progress=False))[0]  # one bar (ours), not one per step
-            assert step is not None
-            if greedy:
-                nxt = step
-            else:
-                assert sample is not None
-                nxt = sample(step, top_k, top_p, temperature, freq_penalty, all_tokens, generator)
-            nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
-            if eos_ids.numel():
-                finished |= torch.isin(nxt, eos_ids)
-            all_tokens = torch.cat((all_tokens, nxt[:, None]), dim=1)
-            if all_mask is not None:
-                all_mask = torch.cat((all_mask, torch.ones_like(nxt)[:, None]), dim=1)
-            if stop_at_eos and bool(finished.all()):
-                break
+            out = decode(self.execute(graph, progress=False))[0]  # one bar (the loop's), not one per step
+            assert out is not None
+            return out
 
-        if return_type == "tokens" or (return_type == "input" and not input_was_text):
-            return all_tokens
-        tok = self._require_tokenizer()
-        texts = []
-        for i, row in enumerate(all_tokens):
-            keep = row if all_mask is None else row[all_mask[i].bool()]
-            texts.append(tok.decode(keep.tolist()))
-        return texts[0] if isinstance(input, str) else texts
+        return generation_loop(
+            self, input, step, "cpu", max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
+            eos_token_id=eos_token_id, do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature,
+            freq_penalty=freq_penalty, prepend_bos=prepend_bos, padding_side=padding_side,
+            return_type=return_type, verbose=verbose, seed=seed, attention_mask=attention_mask,
+        )  # fmt: skip
 
     @staticmethod
     def _next_token_graph(
@@ -594,13 +558,6 @@ class RemoteModel(TokenMethods):
             cols = tr.W_U[:, t] if t.dim() else tr.W_U[:, int(t)]  # [d_model, *t.shape]
             saved = tr.save(cols, "directions")
         return saved.value.movedim(0, -1) if t.dim() else saved.value
-
-
-def _sampler() -> Callable[..., torch.Tensor]:
-    """The core's ``sample_logits`` (pure torch), so remote and local sampling agree."""
-    from telelens.core.generation import sample_logits
-
-    return sample_logits
 
 
 # ---------------------------------------------------------------------------------------- connect

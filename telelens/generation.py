@@ -1,0 +1,141 @@
+"""Text generation that does not care where the model runs: sampling and the token loop.
+
+``HookedTransformer.generate`` (a KV-cached step in this process) and
+``RemoteModel.generate`` (one graph per step on a server) both run :func:`generation_loop`,
+so batching, left padding, EOS handling and sampling are the same code. Torch only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+StepFn = Callable[
+    [torch.Tensor, "torch.Tensor | None", torch.Tensor, "torch.Tensor | None", bool], torch.Tensor
+]
+"""``step(all_tokens, all_mask, new_tokens, new_mask, greedy)``: the next token ids [batch] when
+``greedy``, else the last position's logits [batch, d_vocab]. ``new_tokens`` are the tokens added
+since the previous step (all of them at the first step), for a step that keeps a KV cache."""
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    temperature: float = 1.0,
+    freq_penalty: float = 0.0,
+    tokens: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick the next token from final-position logits [batch, d_vocab] -> [batch].
+
+    ``temperature == 0`` is greedy. Frequency penalty, then temperature, then top-k, then
+    top-p (nucleus) filtering, as TransformerLens and Hugging Face apply them.
+    """
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if freq_penalty > 0 and tokens is not None:
+        counts = torch.zeros_like(logits).scatter_add_(
+            -1, tokens, torch.ones_like(tokens, dtype=logits.dtype)
+        )
+        logits = logits - freq_penalty * counts
+    if top_k is not None and top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum > top_p
+        drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()  # keep the token that crosses top_p
+        drop_sorted[..., 0] = False
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def generation_loop(
+    host: Any,
+    input: Any,
+    step: StepFn,
+    device: torch.device | str = "cpu",
+    max_new_tokens: int = 10,
+    stop_at_eos: bool = True,
+    eos_token_id: int | list[int] | None = None,
+    do_sample: bool = True,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    temperature: float = 1.0,
+    freq_penalty: float = 0.0,
+    prepend_bos: bool | None = None,
+    padding_side: Literal["left", "right"] | None = None,
+    return_type: Literal["input", "str", "tokens"] = "input",
+    verbose: bool = True,
+    seed: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> Any:
+    """TransformerLens's ``generate`` around ``step``: text in gives text out (``return_type="input"``).
+
+    ``host`` tokenizes (``_encode``, ``tokenizer``; see ``telelens.tokens.TokenMethods``).
+    Batches of texts are padded on the left, so every row continues right after its own last
+    token; rows that reach EOS keep emitting the pad token.
+    """
+    input_was_text = isinstance(input, (str, list, tuple))
+    if isinstance(input, torch.Tensor):
+        tokens = input if input.dim() == 2 else input[None]
+        mask = attention_mask
+    else:
+        # Left padding: generation appends on the right, so real tokens must end there.
+        tokens, mask = host._encode(input, prepend_bos, padding_side or "left")
+        if bool(mask.all()):
+            mask = None
+    tokens = tokens.to(device)
+    if mask is not None:
+        mask = mask.to(device)
+
+    tokenizer = host.tokenizer
+    if eos_token_id is None and stop_at_eos:
+        if tokenizer is None or tokenizer.eos_token_id is None:
+            raise ValueError("stop_at_eos needs eos_token_id or a tokenizer with an EOS token")
+        eos_token_id = tokenizer.eos_token_id
+    eos_ids = torch.tensor(
+        [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id),
+        device=device,
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer is not None else None
+    pad_id = 0 if pad_id is None else pad_id
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    greedy = not do_sample or temperature == 0.0
+
+    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=device)
+    all_tokens, all_mask = tokens, mask
+    new_tokens, new_mask = tokens, mask
+    for _ in tqdm(range(max_new_tokens), disable=not verbose, desc="generate"):
+        out = step(all_tokens, all_mask, new_tokens, new_mask, greedy)
+        nxt = (
+            out
+            if greedy
+            else sample_logits(out, top_k, top_p, temperature, freq_penalty, all_tokens, generator)
+        )
+        nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
+        if eos_ids.numel():
+            finished |= torch.isin(nxt, eos_ids)
+        all_tokens = torch.cat((all_tokens, nxt[:, None]), dim=1)
+        if all_mask is not None:
+            all_mask = torch.cat((all_mask, torch.ones_like(nxt)[:, None]), dim=1)
+        new_tokens = nxt[:, None]
+        new_mask = None if all_mask is None else torch.ones_like(new_tokens)
+        if stop_at_eos and bool(finished.all()):
+            break
+
+    if return_type == "tokens" or (return_type == "input" and not input_was_text):
+        return all_tokens
+    texts = []
+    for i, row in enumerate(all_tokens):
+        keep = row if all_mask is None else row[all_mask[i].bool()]
+        texts.append(host._require_tokenizer().decode(keep.tolist()))
+    return texts[0] if isinstance(input, str) else texts
