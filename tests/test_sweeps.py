@@ -11,48 +11,33 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sweep_setup import (
+    BATCH,
+    GQA_ROTARY_RMS,
+    N_LAYERS,
+    PARALLEL,
+    POS,
+    VOCAB,
+    make_model,
+    make_setup,
+    metric,
+)
 
 from telelens.core import patching
-from telelens.core.config import HookedTransformerConfig
-from telelens.core.hooked_transformer import HookedTransformer
 from telelens.core.sweeps import PatchSite, SweepOptions, SweepUnsupported, sweep_sites
 from telelens.core.sweeps.metric import probe_positions
 from telelens.core.sweeps.schedule import make_chunks
 from telelens.core.sweeps.sites import plan_site
 from telelens.core.utils import get_act_name
 
-N_LAYERS, N_HEADS, POS, BATCH, VOCAB = 3, 4, 6, 2, 50
 TOL = 1e-5
 
-MODELS = {
-    "gpt2": {},
-    "gqa_rotary_rms": dict(
-        n_key_value_heads=2, positional_embedding_type="rotary", normalization_type="RMS", gated_mlp=True,
-        act_fn="silu",
-    ),
-    "parallel": dict(parallel_attn_mlp=True, positional_embedding_type="rotary", rotary_dim=2),
-}  # fmt: skip
-
-
-def make_model(**overrides) -> HookedTransformer:
-    # A large init so every patch moves the metric (the default 0.02 leaves attention ~uniform).
-    kwargs = dict(n_layers=N_LAYERS, d_model=16, n_ctx=16, d_head=4, n_heads=N_HEADS, d_mlp=32, d_vocab=VOCAB)
-    kwargs.update(act_fn="gelu", initializer_range=0.4, seed=0)
-    return HookedTransformer(HookedTransformerConfig(**{**kwargs, **overrides})).eval()
-
-
-def metric(logits: torch.Tensor) -> torch.Tensor:
-    return (logits[:, -1, 7] - logits[:, -1, 3]).mean()
+MODELS = {"gpt2": {}, "gqa_rotary_rms": GQA_ROTARY_RMS, "parallel": PARALLEL}
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
 def setup(request):
-    model = make_model(**MODELS[request.param])
-    gen = torch.Generator().manual_seed(1)
-    clean = torch.randint(0, VOCAB, (BATCH, POS), generator=gen)
-    corrupted = torch.randint(0, VOCAB, (BATCH, POS), generator=gen)
-    _, cache = model.run_with_cache(clean, return_cache_object=False)
-    return model, clean, corrupted, cache
+    return make_setup(MODELS[request.param])
 
 
 HELPERS = [

@@ -6,42 +6,28 @@ import itertools
 
 import pytest
 import torch
+from sweep_setup import (
+    GQA_ROTARY_RMS,
+    N_HEADS,
+    N_LAYERS,
+    POS,
+    VOCAB,
+    make_model,
+    make_setup,
+    metric,
+)
 
 from telelens.core import patching
-from telelens.core.config import HookedTransformerConfig
-from telelens.core.hooked_transformer import HookedTransformer
 from telelens.core.utils import get_act_name
 
-N_LAYERS, N_HEADS, POS, BATCH, VOCAB = 3, 4, 6, 2, 50
 TOL = 1e-5
 
-MODELS = {
-    "gpt2": {},
-    "gqa_rotary_rms": dict(
-        n_key_value_heads=2, positional_embedding_type="rotary", normalization_type="RMS", gated_mlp=True,
-        act_fn="silu",
-    ),
-}  # fmt: skip
-
-
-def make_model(**overrides) -> HookedTransformer:
-    kwargs = dict(n_layers=N_LAYERS, d_model=16, n_ctx=16, d_head=4, n_heads=N_HEADS, d_mlp=32, d_vocab=VOCAB)
-    kwargs.update(act_fn="gelu", initializer_range=0.4, seed=0)
-    return HookedTransformer(HookedTransformerConfig(**{**kwargs, **overrides})).eval()
-
-
-def metric(logits: torch.Tensor) -> torch.Tensor:
-    return (logits[:, -1, 7] - logits[:, -1, 3]).mean()
+MODELS = {"gpt2": {}, "gqa_rotary_rms": GQA_ROTARY_RMS}
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
 def setup(request):
-    model = make_model(**MODELS[request.param])
-    gen = torch.Generator().manual_seed(1)
-    clean = torch.randint(0, VOCAB, (BATCH, POS), generator=gen)
-    corrupted = torch.randint(0, VOCAB, (BATCH, POS), generator=gen)
-    _, cache = model.run_with_cache(clean, return_cache_object=False)
-    return model, clean, corrupted, cache
+    return make_setup(MODELS[request.param])
 
 
 # ------------------------------------------------------------------------------------- attribution
