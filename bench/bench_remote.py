@@ -225,6 +225,145 @@ def decode_rate(nbytes: int) -> float:
     return nbytes / best / 1e6
 
 
+def small_request(local: Any, remote: Any, reps: int) -> None:
+    """Part 1: remote against local mode for a one-hook request, and the fixed cost of a Run."""
+    import torch
+
+    from telelens.client import builders
+    from telelens.core.graph.local import LocalBackend
+    from telelens.protos import ir
+
+    backend = LocalBackend(local)
+    small_runs: list[Any] = []
+
+    def remote_small() -> None:
+        remote.run_with_cache(SMALL_PROMPT, names_filter=SMALL_HOOK, return_type=None)
+        small_runs.append(remote.transport.last_run)
+
+    small = round_robin(
+        {
+            "local HookedTransformer.run_with_cache": lambda: local.run_with_cache(
+                SMALL_PROMPT, names_filter=SMALL_HOOK, return_type=None
+            ),
+            "local mode (the same graph, in-process executor)": lambda: builders.run_with_cache(
+                backend, local.to_tokens(SMALL_PROMPT), SMALL_HOOK, return_type=None
+            ),
+            "remote": remote_small,
+        },
+        reps * 3,
+        pause=0.2,
+    )
+    print(f"\n## 1. small request: run_with_cache({SMALL_PROMPT!r}, names_filter={SMALL_HOOK!r})\n")
+    table(small)
+    names = list(small)
+    for base in names[:2]:
+        over = (min(small["remote"]) - min(small[base])) * 1e3
+        med = (statistics.median(small["remote"]) - statistics.median(small[base])) * 1e3
+        print(f"remote - {base}: {over:.2f} ms (min), {med:.2f} ms (median)")
+    build = client_build_ms(remote)
+    call = statistics.median(r.seconds for r in small_runs[1:]) * 1e3
+    first = statistics.median(r.first_result_s for r in small_runs[1:]) * 1e3
+    compute = statistics.median(r.compute_seconds for r in small_runs[1:]) * 1e3
+    print(
+        f"breakdown (medians): client graph build + encode {build:.2f} ms; the Run call {call:.1f} ms "
+        f"(first result after {first:.1f} ms), of which the worker's executor {compute:.1f} ms; "
+        "target: remote - local <= 5 ms"
+    )
+    # The fixed cost of a request, without any model compute to blur it.
+    no_forward = ir.Graph((ir.Constant(0, torch.tensor([1.0])), ir.Save(1, ir.Ref(0), "x")))
+    fixed = round_robin(
+        {
+            "handshake (unary round trip)": remote.transport.handshake,
+            "Run without a forward pass (Constant -> Save)": lambda: remote.execute(no_forward),
+        },
+        reps * 6,
+        pause=0.0,
+    )
+    table(fixed)
+
+
+def stream(local: Any, remote: Any, raw_port: int, args: argparse.Namespace) -> None:
+    """Parts 2 and 3: every resid_post remote against local, and the result stream against raw gRPC."""
+    import torch
+
+    from telelens.client import builders
+    from telelens.client.transport import Transport
+    from telelens.core.graph.local import LocalBackend
+    from telelens.protos import ir
+
+    backend = LocalBackend(local)
+    # 2. every resid_post of a batch
+    tokens = torch.randint(1000, 10000, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+    tokens[:, 0] = 1
+    resid_post = lambda n: n.endswith("hook_resid_post")  # noqa: E731
+    stats: list[Any] = []
+
+    def remote_resid() -> None:
+        remote.run_with_cache(tokens, names_filter=resid_post, return_type=None)
+        stats.append(remote.transport.last_run)
+
+    big = round_robin(
+        {
+            "local HookedTransformer.run_with_cache": lambda: local.run_with_cache(
+                tokens, names_filter=resid_post, return_type=None
+            ),
+            "local mode (the same graph, in-process executor)": lambda: builders.run_with_cache(
+                backend, tokens, resid_post, return_type=None
+            ),
+            "remote": remote_resid,
+        },
+        args.reps,
+        pause=0.5,
+    )
+    nbytes = stats[-1].result_bytes
+    print(
+        f"\n## 2. run_with_cache(every hook_resid_post), {args.batch} x {args.seq} tokens, "
+        f"{nbytes / 1e6:.1f} MB of results\n"
+    )
+    table(big)
+
+    # 3. transfer rate
+    runs = stats[1:]  # after the warm-up
+    stream = [s.result_bytes / s.transfer_s / 1e6 for s in runs]
+    compute = statistics.median(s.compute_seconds for s in runs)
+    raw_receive(raw_port, nbytes)  # warm-up
+    raw = [nbytes / raw_receive(raw_port, nbytes) / 1e6 for _ in range(args.reps)]
+    logits_rates, logits_bytes = [], 0
+    for _ in range(args.reps):  # one large result: the per-result costs out of the picture
+        with remote.trace() as t:
+            t.save(t.run(tokens).logits, "logits")
+        run = remote.transport.last_run
+        logits_rates.append(run.result_bytes / run.transfer_s / 1e6)
+        logits_bytes = run.result_bytes
+    raw_logits = [logits_bytes / raw_receive(raw_port, logits_bytes) / 1e6 for _ in range(args.reps)]
+    print(f"\n## 3. transfer of those {nbytes / 1e6:.1f} MB, 1 MiB chunks\n")
+    print("| stream | best MB/s | median MB/s | / raw (best) |\n| --- | ---: | ---: | ---: |")
+    print(f"| raw gRPC loopback (bytes messages) | {max(raw):.0f} | {statistics.median(raw):.0f} | 1.00x |")
+    print(
+        f"| telelens results (header to end of stream) | {max(stream):.0f} | {statistics.median(stream):.0f} "
+        f"| {max(stream) / max(raw):.2f}x |"
+    )
+    print(
+        f"| raw, {logits_bytes / 1e6:.0f} MB | {max(raw_logits):.0f} | {statistics.median(raw_logits):.0f} | 1.00x |"
+    )
+    print(
+        f"| telelens, one {logits_bytes / 1e6:.0f} MB result (the logits) | {max(logits_rates):.0f} | "
+        f"{statistics.median(logits_rates):.0f} | {max(logits_rates) / max(raw_logits):.2f}x |"
+    )
+    canned = []
+    with Transport(f"grpc://127.0.0.1:{raw_port}", progress=False) as client:
+        client.run(str(nbytes), ir.Graph(()))  # warm-up
+        for _ in range(args.reps):
+            client.run(str(nbytes), ir.Graph(()))
+            canned.append(nbytes / client.last_run.transfer_s / 1e6)
+    print(
+        f"| telelens client, canned Run stream of {nbytes / 1e6:.1f} MB from the raw server | "
+        f"{max(canned):.0f} | {statistics.median(canned):.0f} | {max(canned) / max(raw):.2f}x |"
+    )
+    print(f"| client decoding alone (parse + copy, no network) | {decode_rate(nbytes):.0f} | | |")
+    print(f"\nserver compute (median, its own clock): {compute * 1e3:.0f} ms; target: stream >= 0.70x raw")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--role", choices=["telelens-server", "raw-server"])
@@ -234,6 +373,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument(
         "--threads", type=int, default=2, help="torch threads, here and in the server's worker"
+    )
+    parser.add_argument(
+        "--parts", default="small,stream", help="which parts to run: small (1), stream (2 and 3), or both"
     )
     args = parser.parse_args()
     if args.role == "telelens-server":
@@ -246,9 +388,8 @@ def main() -> None:
     import torch
 
     import telelens
-    from telelens.client.transport import RetryPolicy, Transport
+    from telelens.client.transport import RetryPolicy
     from telelens.core.hooked_transformer import HookedTransformer
-    from telelens.protos import ir
 
     torch.set_num_threads(args.threads)
     data_dir = tempfile.mkdtemp(prefix="tl-bench-")
@@ -265,134 +406,11 @@ def main() -> None:
             f"({args.threads} threads here and in the worker), SmolLM2-135M fp32 on loopback"
         )
 
-        # 1. small request
-        from telelens.client import builders
-        from telelens.core.graph.local import LocalBackend
-
-        backend = LocalBackend(local)
-        small_runs: list[Any] = []
-
-        def remote_small() -> None:
-            remote.run_with_cache(SMALL_PROMPT, names_filter=SMALL_HOOK, return_type=None)
-            small_runs.append(remote.transport.last_run)
-
-        small = round_robin(
-            {
-                "local HookedTransformer.run_with_cache": lambda: local.run_with_cache(
-                    SMALL_PROMPT, names_filter=SMALL_HOOK, return_type=None
-                ),
-                "local mode (the same graph, in-process executor)": lambda: builders.run_with_cache(
-                    backend, local.to_tokens(SMALL_PROMPT), SMALL_HOOK, return_type=None
-                ),
-                "remote": remote_small,
-            },
-            args.reps * 3,
-            pause=0.2,
-        )
-        print(f"\n## 1. small request: run_with_cache({SMALL_PROMPT!r}, names_filter={SMALL_HOOK!r})\n")
-        table(small)
-        names = list(small)
-        for base in names[:2]:
-            over = (min(small["remote"]) - min(small[base])) * 1e3
-            med = (statistics.median(small["remote"]) - statistics.median(small[base])) * 1e3
-            print(f"remote - {base}: {over:.2f} ms (min), {med:.2f} ms (median)")
-        build = client_build_ms(remote)
-        call = statistics.median(r.seconds for r in small_runs[1:]) * 1e3
-        first = statistics.median(r.first_result_s for r in small_runs[1:]) * 1e3
-        compute = statistics.median(r.compute_seconds for r in small_runs[1:]) * 1e3
-        print(
-            f"breakdown (medians): client graph build + encode {build:.2f} ms; the Run call {call:.1f} ms "
-            f"(first result after {first:.1f} ms), of which the worker's executor {compute:.1f} ms; "
-            "target: remote - local <= 5 ms"
-        )
-        # The fixed cost of a request, without any model compute to blur it.
-        no_forward = ir.Graph((ir.Constant(0, torch.tensor([1.0])), ir.Save(1, ir.Ref(0), "x")))
-        fixed = round_robin(
-            {
-                "handshake (unary round trip)": remote.transport.handshake,
-                "Run without a forward pass (Constant -> Save)": lambda: remote.execute(no_forward),
-            },
-            args.reps * 6,
-            pause=0.0,
-        )
-        table(fixed)
-
-        # 2. every resid_post of a batch
-        tokens = torch.randint(
-            1000, 10000, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)
-        )
-        tokens[:, 0] = 1
-        resid_post = lambda n: n.endswith("hook_resid_post")  # noqa: E731
-        stats: list[Any] = []
-
-        def remote_resid() -> None:
-            remote.run_with_cache(tokens, names_filter=resid_post, return_type=None)
-            stats.append(remote.transport.last_run)
-
-        big = round_robin(
-            {
-                "local HookedTransformer.run_with_cache": lambda: local.run_with_cache(
-                    tokens, names_filter=resid_post, return_type=None
-                ),
-                "local mode (the same graph, in-process executor)": lambda: builders.run_with_cache(
-                    backend, tokens, resid_post, return_type=None
-                ),
-                "remote": remote_resid,
-            },
-            args.reps,
-            pause=0.5,
-        )
-        nbytes = stats[-1].result_bytes
-        print(
-            f"\n## 2. run_with_cache(every hook_resid_post), {args.batch} x {args.seq} tokens, "
-            f"{nbytes / 1e6:.1f} MB of results\n"
-        )
-        table(big)
-
-        # 3. transfer rate
-        runs = stats[1:]  # after the warm-up
-        stream = [s.result_bytes / s.transfer_s / 1e6 for s in runs]
-        compute = statistics.median(s.compute_seconds for s in runs)
-        raw_receive(raw_port, nbytes)  # warm-up
-        raw = [nbytes / raw_receive(raw_port, nbytes) / 1e6 for _ in range(args.reps)]
-        logits_rates, logits_bytes = [], 0
-        for _ in range(args.reps):  # one large result: the per-result costs out of the picture
-            with remote.trace() as t:
-                t.save(t.run(tokens).logits, "logits")
-            run = remote.transport.last_run
-            logits_rates.append(run.result_bytes / run.transfer_s / 1e6)
-            logits_bytes = run.result_bytes
-        raw_logits = [logits_bytes / raw_receive(raw_port, logits_bytes) / 1e6 for _ in range(args.reps)]
-        print(f"\n## 3. transfer of those {nbytes / 1e6:.1f} MB, 1 MiB chunks\n")
-        print("| stream | best MB/s | median MB/s | / raw (best) |\n| --- | ---: | ---: | ---: |")
-        print(
-            f"| raw gRPC loopback (bytes messages) | {max(raw):.0f} | {statistics.median(raw):.0f} | 1.00x |"
-        )
-        print(
-            f"| telelens results (header to end of stream) | {max(stream):.0f} | {statistics.median(stream):.0f} "
-            f"| {max(stream) / max(raw):.2f}x |"
-        )
-        print(
-            f"| raw, {logits_bytes / 1e6:.0f} MB | {max(raw_logits):.0f} | {statistics.median(raw_logits):.0f} | 1.00x |"
-        )
-        print(
-            f"| telelens, one {logits_bytes / 1e6:.0f} MB result (the logits) | {max(logits_rates):.0f} | "
-            f"{statistics.median(logits_rates):.0f} | {max(logits_rates) / max(raw_logits):.2f}x |"
-        )
-        canned = []
-        with Transport(f"grpc://127.0.0.1:{raw_port}", progress=False) as client:
-            client.run(str(nbytes), ir.Graph(()))  # warm-up
-            for _ in range(args.reps):
-                client.run(str(nbytes), ir.Graph(()))
-                canned.append(nbytes / client.last_run.transfer_s / 1e6)
-        print(
-            f"| telelens client, canned Run stream of {nbytes / 1e6:.1f} MB from the raw server | "
-            f"{max(canned):.0f} | {statistics.median(canned):.0f} | {max(canned) / max(raw):.2f}x |"
-        )
-        print(f"| client decoding alone (parse + copy, no network) | {decode_rate(nbytes):.0f} | | |")
-        print(
-            f"\nserver compute (median, its own clock): {compute * 1e3:.0f} ms; target: stream >= 0.70x raw"
-        )
+        parts = set(args.parts.split(","))
+        if "small" in parts:
+            small_request(local, remote, args.reps)
+        if "stream" in parts:
+            stream(local, remote, raw_port, args)
         remote.close()
     finally:
         for p in servers:

@@ -201,6 +201,8 @@ class ServeConfig:
     """Result chunk size on the wire when the request does not ask for one."""
     worker_chunk_bytes: int = 32 << 20
     """Chunk size between a worker and the front door (Ray objects; larger is faster, up to a point)."""
+    progress_interval_seconds: float = 0.1
+    """How often a worker reports a run's progress; a run shorter than this reports none."""
     max_message_bytes: int = 512 << 20
     """Largest gRPC message sent or received (a graph with its constants must fit)."""
     grace_seconds: float = 10.0
@@ -267,6 +269,8 @@ class ServeConfig:
             )
         if self.ray_num_cpus is not None and self.ray_num_cpus < 1:
             problems.append(("ray_num_cpus", "must be >= 1"))
+        if self.progress_interval_seconds < 0:
+            problems.append(("progress_interval_seconds", "must be >= 0"))
         if self.grace_seconds < 0 or self.startup_timeout_seconds <= 0:
             problems.append(
                 ("grace_seconds" if self.grace_seconds < 0 else "startup_timeout_seconds", "out of range")

@@ -102,7 +102,9 @@ class WorkerPool:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=pg, placement_group_bundle_index=0
             )
-        actor = self._actor_class.options(**options).remote(model, index, self.config.worker_chunk_bytes)
+        actor = self._actor_class.options(**options).remote(
+            model, index, self.config.worker_chunk_bytes, self.config.progress_interval_seconds
+        )
         return Replica(model, index, actor, placement_group=pg)
 
     async def shutdown(self) -> None:

@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.1
-"""Seconds between progress items (the last pass is always reported)."""
+"""Seconds between progress items; none before the first interval has passed (a short run
+reports none), and the last pass is reported once any was."""
 _POLL = 0.05
 """How often a waiting run checks whether it was cancelled."""
 
@@ -101,19 +103,31 @@ class _Stopped(Exception):
 class ModelWorker:
     """One replica of one model: loaded once here, then described and run many times."""
 
-    def __init__(self, model: ModelConfig, replica: int = 0, chunk_bytes: int = 8 << 20) -> None:
+    def __init__(
+        self,
+        model: ModelConfig,
+        replica: int = 0,
+        chunk_bytes: int = 8 << 20,
+        progress_interval: float = PROGRESS_INTERVAL,
+    ) -> None:
         self.config = model
         self.replica = replica
         self.chunk_bytes = chunk_bytes
+        self.progress_interval = progress_interval
         self.worker_id = f"{model.name}/{replica}@{socket.gethostname()}:{os.getpid()}"
+        # Every torch operation of this worker (loading included) runs on this one thread. OpenMP
+        # keeps a thread team per thread that starts parallel work; with a second team in the
+        # process, libgomp counts more threads than cores and stops spinning between parallel
+        # regions, and every forward pass slows by half (12 -> 19 ms for a short SmolLM2 run).
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"compute-{model.name}")
         started = time.perf_counter()
-        self.model = load_model(model)
+        self.model = self._compute.submit(load_model, model).result()
         logger.info("%s: loaded %s in %.1f s", self.worker_id, model.source, time.perf_counter() - started)
         self._lock = threading.Lock()  # hooks are installed on the shared model: one run at a time
 
     # ------------------------------------------------------------------ description
     def info(self) -> ModelDescription:
-        return describe_model(self.model, self.config)
+        return self._compute.submit(describe_model, self.model, self.config).result()
 
     # ------------------------------------------------------------------ runs
     def run(
@@ -137,14 +151,8 @@ class ModelWorker:
                 return
             total = 0
             for name in list(results):
-                tensor = results.pop(name)  # dropped once streamed: memory falls as results go out
-                try:
-                    data, dtype = wire_bytes(tensor)
-                except Failure as f:
-                    yield f
-                    return
-                yield Header(name, dtype, tuple(tensor.shape), data.nbytes)
-                del tensor
+                data, dtype, shape = results.pop(name)  # dropped once streamed: memory falls as results go out
+                yield Header(name, dtype, shape, data.nbytes)
                 for offset in range(0, data.nbytes, self.chunk_bytes):
                     if stop():
                         return
@@ -155,34 +163,39 @@ class ModelWorker:
 
     def _execute(
         self, graph: ir.Graph, limits: ir.Limits, stop: Callable[[], bool]
-    ) -> Generator[Item, None, dict[str, torch.Tensor]]:
-        """Run the executor in a helper thread, yielding its progress; returns the results."""
+    ) -> Generator[Item, None, dict[str, WireResult]]:
+        """Run the executor on the compute thread, yielding its progress; returns the results as
+        :func:`wire_bytes` arrays (converted there too: a copy of a strided result is torch work)."""
         from telelens.core.graph import execute
 
         events: queue.Queue[Progress | None] = queue.Queue()  # None: the executor has returned
         event: Progress | bool | None
         cancelled = threading.Event()
         outcome: dict[str, Any] = {}
-        last = [0.0]
+        last = [time.monotonic()]  # quiet for the first interval: a short run sends no progress at all
+        reported = [False]
 
         def progress(done: int, total: int) -> None:
             if cancelled.is_set():
                 raise _Stopped
             now = time.monotonic()
-            if done >= total or now - last[0] >= PROGRESS_INTERVAL:
+            if (done >= total and reported[0]) or now - last[0] >= self.progress_interval:
+                reported[0] = True
                 last[0] = now
                 events.put(Progress(done, total))
 
         def target() -> None:
             try:
-                outcome["results"] = execute(self.model, graph, limits, progress=progress, for_autograd=False)
+                results = execute(self.model, graph, limits, progress=progress, for_autograd=False)
+                outcome["results"] = {name: wire_result(results.pop(name)) for name in list(results)}
             except BaseException as e:  # reported to the caller, never lost in a thread
                 outcome["error"] = e
             finally:
                 events.put(None)
 
-        thread = threading.Thread(target=target, name=f"run-{self.worker_id}", daemon=True)
-        thread.start()
+        if stop():  # cancelled while it waited for the model
+            raise Failure("CANCELLED", "the run was cancelled")
+        future = self._compute.submit(target)
         try:
             while True:
                 try:
@@ -196,9 +209,9 @@ class ModelWorker:
                 if stop() and not cancelled.is_set():
                     cancelled.set()
         finally:
-            if thread.is_alive():  # closed early (GeneratorExit): stop at the next pass
+            if not future.done():  # closed early (GeneratorExit): stop at the next pass
                 cancelled.set()  # and wait for it, so that two runs never share the model
-            thread.join()
+            wait([future])
         if cancelled.is_set() or isinstance(outcome.get("error"), _Stopped):
             raise Failure("CANCELLED", "the run was cancelled")
         if "error" in outcome:
@@ -208,6 +221,8 @@ class ModelWorker:
     def _failure(self, e: BaseException, graph: ir.Graph, limits: ir.Limits) -> Failure:
         from telelens.core.graph import GraphRuntimeError, validate
 
+        if isinstance(e, Failure):  # a result that cannot travel (wire_bytes)
+            return e
         if isinstance(e, ir.GraphValidationError):
             return failures.refused(e, lambda lim: validate(self.model, graph, lim), limits)
         if isinstance(e, GraphRuntimeError):
@@ -217,6 +232,15 @@ class ModelWorker:
             return Failure("RESOURCE_EXHAUSTED", f"{self.worker_id} ran out of memory: {e}")
         logger.error("%s: run failed", self.worker_id, exc_info=e)
         return Failure("INTERNAL", f"{self.worker_id}: {type(e).__name__}: {e}")
+
+
+WireResult: TypeAlias = "tuple[np.ndarray, str, tuple[int, ...]]"
+"""A result ready to travel: its bytes (uint8 view), dtype name and shape."""
+
+
+def wire_result(t: torch.Tensor) -> WireResult:
+    data, dtype = wire_bytes(t)
+    return data, dtype, tuple(t.shape)
 
 
 def wire_bytes(t: torch.Tensor) -> tuple[np.ndarray, str]:
@@ -320,12 +344,18 @@ class RayModelWorker(ModelWorker):
     threads as the replica has CPUs.
     """
 
-    def __init__(self, model: ModelConfig, replica: int = 0, chunk_bytes: int = 8 << 20) -> None:
+    def __init__(
+        self,
+        model: ModelConfig,
+        replica: int = 0,
+        chunk_bytes: int = 8 << 20,
+        progress_interval: float = PROGRESS_INTERVAL,
+    ) -> None:
         import torch
 
         logging.basicConfig(level=logging.INFO)
         torch.set_num_threads(max(1, int(model.num_cpus)))
-        super().__init__(model, replica, chunk_bytes)
+        super().__init__(model, replica, chunk_bytes, progress_interval)
 
     def run_stream(self, graph: ir.Graph | bytes, limits: ir.Limits) -> Iterator[list[Item]]:
         """:meth:`run` as batches of items, stopping when the caller cancels (``ray.cancel``).

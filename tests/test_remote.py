@@ -111,6 +111,7 @@ def server(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     config = ServeConfig.for_model(
         str(tiny_folder), name="tiny", port=0, data_dir=str(base / "data"), ray_num_cpus=4,
         keys_file=str(_keys_file(base / "keys.json")), allow_code=True,
+        progress_interval_seconds=0.0,  # progress for every pass, however short the run
     )  # fmt: skip
     with run_server(config) as handle:
         yield handle

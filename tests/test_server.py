@@ -71,6 +71,7 @@ def server(tiny_folder: Path, keys: tuple[Path, dict[str, str]], tmp_path_factor
         # small worker chunks: a 64 MiB result is then more than the worker may send ahead
         # (backpressure) of a stalled client, which the kill-while-streaming test relies on
         worker_chunk_bytes=8 << 20,
+        progress_interval_seconds=0.0,  # every pass reported, however short the run
     )
     with run_server(config) as handle:
         yield handle

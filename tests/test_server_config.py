@@ -255,7 +255,9 @@ def test_worker_streams_views_of_the_result(worker) -> None:  # type: ignore[no-
         )
     )
     items = list(worker.run(graph, ir.Limits()))
-    assert isinstance(items[0], Progress) and isinstance(items[-1], Done)
+    # A run shorter than the progress interval sends no progress: straight to its results.
+    assert isinstance(items[0], Header) and isinstance(items[-1], Done)
+    assert not any(isinstance(i, Progress) for i in items)
     headers = [i for i in items if isinstance(i, Header)]
     assert [(h.name, h.dtype, h.shape, h.nbytes) for h in headers] == [
         ("x", "bfloat16", (3000,), 6000), ("logits", "float32", (1, 3, 97), 1164),
@@ -266,6 +268,36 @@ def test_worker_streams_views_of_the_result(worker) -> None:  # type: ignore[no-
     assert torch.equal(
         torch.frombuffer(bytearray(raw), dtype=torch.bfloat16), (torch.arange(3000.0) * 2).bfloat16()
     )
+
+
+def test_worker_runs_every_pass_on_one_compute_thread(worker) -> None:  # type: ignore[no-untyped-def]
+    """Torch work stays on the worker's one compute thread (a second OpenMP team would halve speed)."""
+    import threading
+
+    from telelens.server.worker import Progress
+
+    seen: list[int] = []
+    graph = ir.Graph(
+        (
+            ir.Run(0, text=("w1 w2",)),
+            ir.Read(1, 0, "logits"),
+            ir.Save(2, ir.Ref(1), "a"),
+            ir.Run(3, text=("w3",)),
+            ir.Read(4, 3, "logits"),
+            ir.Save(5, ir.Ref(4), "b"),
+        )
+    )
+    handle = worker.model.unembed.register_forward_hook(lambda *_: seen.append(threading.get_ident()))
+    worker.progress_interval = 0.0  # report every pass
+    try:
+        first = list(worker.run(graph, ir.Limits()))
+        second = list(worker.run(graph, ir.Limits()))
+    finally:
+        worker.progress_interval = 0.1
+        handle.remove()
+    assert len(seen) >= 2 and len(set(seen)) == 1 and seen[0] != threading.get_ident()
+    progress = [i for i in first if isinstance(i, Progress)]
+    assert progress and progress[-1].done == progress[-1].total == 2 and len(second) == len(first)
 
 
 def test_worker_reports_failures(worker) -> None:  # type: ignore[no-untyped-def]
