@@ -21,8 +21,8 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -151,7 +151,9 @@ class ModelWorker:
                 return
             total = 0
             for name in list(results):
-                data, dtype, shape = results.pop(name)  # dropped once streamed: memory falls as results go out
+                data, dtype, shape = results.pop(
+                    name
+                )  # dropped once streamed: memory falls as results go out
                 yield Header(name, dtype, shape, data.nbytes)
                 for offset in range(0, data.nbytes, self.chunk_bytes):
                     if stop():
