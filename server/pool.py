@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 BACKPRESSURE_OBJECTS = 4
 """Chunks a worker may have produced ahead of the front door (bounds memory per request)."""
+PREFETCH_BATCHES = 1
+"""Batches the front door holds fetched ahead of the one it is sending."""
 
 
 @dataclass
@@ -169,18 +171,21 @@ class WorkerPool:
             gen = actor.run_stream.options(
                 num_returns="streaming", _generator_backpressure_num_objects=BACKPRESSURE_OBJECTS
             ).remote(graph, limits)
+            # The next batch is fetched while this one's messages go out: no pause between batches.
+            batches: asyncio.Queue[list[Item] | BaseException | None] = asyncio.Queue(PREFETCH_BATCHES)
+            fetcher = asyncio.create_task(_fetch(gen, batches))
             try:
                 while True:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         raise asyncio.TimeoutError
-                    try:
-                        ref = await asyncio.wait_for(gen.__anext__(), remaining)
-                    except StopAsyncIteration:
+                    batch = await asyncio.wait_for(batches.get(), remaining)
+                    if batch is None:  # the stream ended
                         finished = True
                         return
-                    batch = await asyncio.wait_for(ref, max(deadline - loop.time(), 0.001))
-                    for item in batch if isinstance(batch, list) else [batch]:
+                    if isinstance(batch, BaseException):
+                        raise batch
+                    for item in batch:
                         if isinstance(item, Failure):
                             finished = True
                             raise item
@@ -207,7 +212,21 @@ class WorkerPool:
                     "UNAVAILABLE", f"{where} died {when}; the server is replacing it, send the request again"
                 ) from None
             finally:
+                fetcher.cancel()
                 replica.busy -= 1
                 if not finished:  # deadline, client gone, or an error here: stop the worker's work
                     self._ray.cancel(gen)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _fetch(gen: Any, out: asyncio.Queue[list[Item] | BaseException | None]) -> None:
+    """Move a worker's streamed batches into ``out``; then None, or the exception that ended it."""
+    try:
+        async for ref in gen:
+            batch = await ref
+            await out.put(batch if isinstance(batch, list) else [batch])
+        await out.put(None)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # the consumer raises it in its own frame (RayActorError -> retry, ...)
+        await out.put(e)

@@ -34,6 +34,8 @@ MIN_PROTOCOL_VERSION = 1
 """The oldest client protocol this server serves."""
 GRAPH_ERRORS_KEY = "telelens-graph-errors-bin"
 MIN_CHUNK_BYTES = 4096
+INLINE_DECODE_BYTES = 64 << 10
+"""Graphs up to this size decode on the event loop (well under a millisecond; a thread hop costs more)."""
 
 
 def handshake(client_version: int) -> service_pb2.HandshakeResponse:
@@ -147,8 +149,11 @@ class TelelensService(service_pb2_grpc.TelelensServicer):
         limits_config = self.config.limits.merged(key.limits)
         allow_code = self.config.allow_code and key.allow_code
         limits = limits_config.to_ir(allow_code)
-        try:  # in a thread: a graph with large constants must not stall the other calls
-            graph = await asyncio.to_thread(failures.decode, request.graph, limits)
+        try:  # a graph with large constants decodes in a thread, so as not to stall the other calls
+            if request.graph.ByteSize() <= INLINE_DECODE_BYTES:
+                graph = failures.decode(request.graph, limits)
+            else:
+                graph = await asyncio.to_thread(failures.decode, request.graph, limits)
         except Failure as f:
             await self._fail(context, f)
         if failures.has_code(graph) and not allow_code:

@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 0.1
 """Seconds between progress items; none before the first interval has passed (a short run
 reports none), and the last pass is reported once any was."""
+PIECE_BYTES = 1 << 20
+"""Largest Chunk: Ray copies a larger buffer into its object store with 6 threads of its own
+(a compile-time constant), which on a small machine fight the front door and the client."""
 _POLL = 0.05
 """How often a waiting run checks whether it was cancelled."""
 
@@ -155,10 +158,11 @@ class ModelWorker:
                     name
                 )  # dropped once streamed: memory falls as results go out
                 yield Header(name, dtype, shape, data.nbytes)
-                for offset in range(0, data.nbytes, self.chunk_bytes):
+                piece = min(self.chunk_bytes, PIECE_BYTES)
+                for offset in range(0, data.nbytes, piece):
                     if stop():
                         return
-                    yield Chunk(name, offset, data[offset : offset + self.chunk_bytes])
+                    yield Chunk(name, offset, data[offset : offset + piece])
                 total += data.nbytes
                 del data
             yield Done(total, compute, self.worker_id)
