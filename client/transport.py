@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import grpc.experimental
 
 from telelens.client import errors
 from telelens.client.progress import TRANSFER_THRESHOLD, CallProgress
@@ -254,6 +255,9 @@ class Transport:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", int(self.retry.max_backoff * 1000)),
+            # Read Run's stream on the calling thread instead of handing every message over
+            # from gRPC's channel thread (about 0.5-1 ms less per small request).
+            (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
             *options,
         ]
         creds = channel_credentials(tls)

@@ -13,6 +13,7 @@ or a :class:`~telelens.server.failures.Failure` as the last item.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -362,6 +363,10 @@ class RayModelWorker(ModelWorker):
         logging.basicConfig(level=logging.INFO)
         torch.set_num_threads(max(1, int(model.num_cpus)))
         super().__init__(model, replica, chunk_bytes, progress_interval)
+        # The model's many Python objects (modules, hook points, parameters) never die: keep them
+        # out of the collector's full passes, which otherwise walk them all in the middle of runs.
+        gc.collect()
+        gc.freeze()
 
     def run_stream(self, graph: ir.Graph | bytes, limits: ir.Limits) -> Iterator[list[Item]]:
         """:meth:`run` as batches of items, stopping when the caller cancels (``ray.cancel``).
