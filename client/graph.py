@@ -60,7 +60,7 @@ class GraphBuilder:
         self.cfg = cfg
         self.allow_code = allow_code
         self.nodes: list[ir.Node] = []
-        self._next_id = 0
+        self._ids = [0]  # the next id, in a list so that child builders share the counter
         self._constants: dict[int, tuple[object, int]] = {}  # id(tensor) -> (tensor, node id)
         self._weights: dict[str, int] = {}
         self._reads: dict[tuple[int, str], int] = {}  # (run, hook) -> latest Read still valid
@@ -73,8 +73,8 @@ class GraphBuilder:
         """Append ``cls(id=<next>, **fields)`` and return its id."""
         if self.frozen:
             raise RuntimeError("this trace is closed: build a new one to add more nodes")
-        node_id = self._next_id
-        self._next_id += 1
+        node_id = self._ids[0]
+        self._ids[0] += 1
         self.nodes.append(cls(id=node_id, **fields))
         return node_id
 
@@ -180,7 +180,14 @@ class GraphBuilder:
     @property
     def next_id(self) -> int:
         """The id the next node will get (ids only grow, even after a drop)."""
-        return self._next_id
+        return self._ids[0]
+
+    def child(self) -> GraphBuilder:
+        """A builder for a sub-graph (a sweep's metric): its own nodes, ids from this builder's
+        counter, so that its nodes and this graph's never share an id."""
+        sub = GraphBuilder(None, self.cfg, self.allow_code)
+        sub._ids = self._ids
+        return sub
 
     def graph(self) -> ir.Graph:
         """The nodes so far as an immutable graph."""

@@ -87,16 +87,13 @@ def add_sweep(
         corrupted_value = _metric_value(metric, corrupted.logits)
         baselines = (clean_value._ref(), corrupted_value._ref())
 
-    # The metric sub-graph: its own node list, ids from the same counter (so they never clash).
-    sub = GraphBuilder(None, builder.cfg)
-    sub._next_id = builder.next_id
+    sub = builder.child()  # the metric's sub-graph: its own nodes, ids that never clash
     placeholder = sub.add(ir.SweepLogits)
     value = _metric_value(metric, ValueProxy(sub, placeholder))
     if baselines is not None:
         clean_ref, corrupted_ref = (ValueProxy(sub, r) for r in baselines)  # outer nodes, by id
         value = (value - corrupted_ref) / (clean_ref - corrupted_ref)
     output = value._ref()
-    builder._next_id = sub.next_id  # the metric's ids are taken
     sweep_id = builder.add(
         ir.Sweep,
         corrupted=corrupted.id,
