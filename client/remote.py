@@ -133,17 +133,44 @@ class _Blocks(Sequence[_BlockView]):
 
 
 class _RemoteNorm:
-    """Stand-in for ``model.ln_final``: its weights do not travel, so it cannot be applied here."""
+    """``model.ln_final`` on the client: the server's norm with its weights (``ln_final.w`` and
+    ``ln_final.b``, fetched on first use), for ``apply_ln`` at the final layer (the logit lens).
+    The same fused functions as the core's ``Norm`` (which the client may not import)."""
+
+    def __init__(self, model: RemoteModel) -> None:
+        self.model = model
+        self.kind: str = model.cfg.normalization_type
+        self.eps: float = float(getattr(model.cfg, "eps", 1e-5))
+
+    def _weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        names = [n for n in ("ln_final.w", "ln_final.b") if n in self.model.weight_shapes]
+        got = self.model.fetch_weights(names) if names else {}
+        return got.get("ln_final.w"), got.get("ln_final.b")
 
     def parameters(self) -> Any:
-        return iter(())
+        return iter(w for w in self._weights() if w is not None)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(
-            "the final norm's weights are not available remotely, so ln_final cannot be re-applied "
-            "on the client (e.g. accumulated_resid(apply_ln=True) at the final layer): use "
-            "apply_ln_to_stack(..., recompute_ln=False), which divides by the cached ln_final scale"
-        )
+        import torch.nn.functional as F
+
+        w, b = self._weights()
+        in_dtype = x.dtype
+        if in_dtype not in (torch.float32, torch.float64):
+            x = x.float()  # reduced-precision activations normalize in fp32, as on the server
+        length = (x.shape[-1],)
+        if self.kind in ("RMS", "RMSPre"):
+            out = F.rms_norm(x, length, None, self.eps)
+            if w is not None:
+                out = out.to(in_dtype) * w
+        else:
+            out = F.layer_norm(
+                x,
+                length,
+                None if w is None else w.to(x.dtype),
+                None if b is None else b.to(x.dtype),
+                self.eps,
+            )
+        return out.to(in_dtype)
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -179,7 +206,7 @@ class RemoteModel(TokenMethods):
             setattr(self.cfg, "default_padding_side", self.tokenizer.padding_side)  # noqa: B010
         self._weights: dict[str, torch.Tensor] = {}
         self.blocks = _Blocks(self)
-        self.ln_final = None if getattr(self.cfg, "normalization_type", None) is None else _RemoteNorm()
+        self.ln_final = None if getattr(self.cfg, "normalization_type", None) is None else _RemoteNorm(self)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

@@ -574,3 +574,21 @@ def test_sweep_refuses_a_corrupted_run_with_writes():
     write = ir.Write(len(graph.nodes), 3, "blocks.0.hook_resid_pre", 0.0)
     errors = validate(model, ir.Graph((*graph.nodes, write)))
     _one_error(errors, 5, "the corrupted run has writes or code hooks (nodes [7])")
+
+
+def test_final_norm_weights_travel_where_the_norm_has_them():
+    """``ln_final.w`` / ``ln_final.b`` (the logit lens's norm, re-applied by a remote client)."""
+    gpt2, llama = MODELS["gpt2"], MODELS["llama_gqa"]
+    graph = ir.Graph(
+        (
+            ir.Weight(0, "ln_final.w"),
+            ir.Save(1, Ref(0), "w"),
+            ir.Weight(2, "ln_final.b"),
+            ir.Save(3, Ref(2), "b"),
+        )
+    )
+    out = execute(gpt2, graph, ir.Limits())
+    exact(out["w"], gpt2.ln_final.w.detach())
+    exact(out["b"], gpt2.ln_final.b.detach())
+    (error,) = validate(llama, graph)  # RMSNorm: a scale, no bias
+    assert error.node_id == 2 and "final norm (RMS) has no b" in error.reason

@@ -279,8 +279,11 @@ def test_activation_cache_methods_equal_local(remote, local):
     paris = local.to_tokens(text)[0, -1]
     assert torch.equal(cache.logit_attrs(stack, paris), ref.logit_attrs(stack, paris))  # W_U columns only
     assert torch.equal(cache.apply_ln_to_stack(stack, -1), ref.apply_ln_to_stack(stack, -1))
-    with pytest.raises(NotImplementedError, match="final norm"):
-        cache.accumulated_resid(apply_ln=True)
+    # The logit lens: ln_final re-applied on the client with the server's norm weights.
+    lens = cache.accumulated_resid(apply_ln=True)
+    assert torch.allclose(lens, ref.accumulated_resid(apply_ln=True), atol=1e-6)
+    logits = lens[-1] @ remote.W_U + remote.b_U  # the last component is the final residual
+    assert torch.allclose(logits, local(text)[0], atol=1e-4)
 
 
 def test_weights_equal_local(remote, local):

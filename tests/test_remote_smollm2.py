@@ -157,3 +157,16 @@ def test_greedy_generate_equals_local(remote, smollm2):
     assert text.startswith("<|im_start|>The capital of France is Paris")
     prompts = ["The capital of France is", "Once upon a time"]
     assert remote.generate(prompts, **kw) == smollm2.generate(prompts, use_past_kv_cache=False, **kw)
+
+
+def test_logit_lens_equals_local(remote, smollm2):
+    """``accumulated_resid(apply_ln=True)`` re-applies the final RMSNorm on the client with the
+    server's ``ln_final.w``: the same lens as locally, and its last layer reads " Paris"."""
+    text = "The capital of France is"
+    logits, cache = remote.run_with_cache(text, names_filter=lambda n: "resid" in n or "ln_final" in n)
+    _, ref = smollm2.run_with_cache(text, names_filter=lambda n: "resid" in n or "ln_final" in n)
+    lens = cache.accumulated_resid(apply_ln=True, pos_slice=-1)  # [31, 1, d_model]
+    assert torch.allclose(lens, ref.accumulated_resid(apply_ln=True, pos_slice=-1), atol=1e-5)
+    lens_logits = lens @ remote.W_U  # [31, 1, d_vocab]
+    assert torch.allclose(lens_logits[-1, 0], logits[0, -1], atol=1e-3)
+    assert remote.to_string(lens_logits[-1, 0].argmax()) == " Paris"

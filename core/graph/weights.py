@@ -14,11 +14,13 @@ if TYPE_CHECKING:
 GLOBAL_WEIGHTS = ("W_E", "W_U", "b_U", "W_pos")
 ATTN_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
 MLP_WEIGHTS = ("W_in", "W_out", "W_gate", "b_in", "b_out")
+NORM_WEIGHTS = ("ln_final.w", "ln_final.b")
+"""The final norm's scale and bias (LN: both; RMS: ``w``; the folded ``Pre`` kinds: none)."""
 _BLOCK_WEIGHT = re.compile(r"^blocks\.(\d+)\.(attn|mlp)\.(\w+)$")
 
 
 def _all_names(n_layers: int) -> list[str]:
-    names = [*GLOBAL_WEIGHTS, *ATTN_WEIGHTS, *MLP_WEIGHTS]
+    names = [*GLOBAL_WEIGHTS, *NORM_WEIGHTS, *ATTN_WEIGHTS, *MLP_WEIGHTS]
     names += [f"blocks.{layer}.attn.{w}" for layer in range(n_layers) for w in ATTN_WEIGHTS]
     names += [f"blocks.{layer}.mlp.{w}" for layer in range(n_layers) for w in MLP_WEIGHTS]
     return names
@@ -38,6 +40,12 @@ def weight_error(model: HookedTransformer, name: object) -> str | None:
     if not isinstance(name, str):
         return f"a weight name must be a string, got {type(name).__name__}"
     cfg = model.cfg
+    if name in NORM_WEIGHTS:
+        ln, attr = getattr(model, "ln_final", None), name.split(".")[1]
+        if ln is None or getattr(ln, attr, None) is None:
+            kind = getattr(ln, "kind", None) or "no normalization"
+            return f"this model's final norm ({kind}) has no {attr}"
+        return None
     layer, part, attr = _parse(name)
     known = (part == "attn" and attr in ATTN_WEIGHTS) or (part == "mlp" and attr in MLP_WEIGHTS)
     if layer is None and name in GLOBAL_WEIGHTS:
@@ -63,6 +71,9 @@ def _block_attr(model: HookedTransformer, layer: int, part: str, attr: str) -> t
 
 def weight_shape(model: HookedTransformer, name: str) -> tuple[tuple[int, ...], torch.dtype]:
     """Shape and dtype of a (valid) weight, without stacking the layers."""
+    if name in NORM_WEIGHTS:
+        t = get_weight(model, name)
+        return tuple(t.shape), t.dtype
     layer, part, attr = _parse(name)
     if part == "model":
         t = getattr(model, attr)
@@ -74,6 +85,8 @@ def weight_shape(model: HookedTransformer, name: str) -> tuple[tuple[int, ...], 
 
 def get_weight(model: HookedTransformer, name: str) -> torch.Tensor:
     """The weight's value: a view where the model stores one (``W_U``), stacked for ``W_O`` etc."""
+    if name in NORM_WEIGHTS:
+        return getattr(model.ln_final, name.split(".")[1])
     layer, part, attr = _parse(name)
     if part == "model" or layer is None:
         return getattr(model, attr)
