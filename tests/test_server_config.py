@@ -82,10 +82,13 @@ def test_errors_name_each_field() -> None:
     problems = _problems(
         {
             "port": 70000,
+            "progress_interval_seconds": -1,
             "models": [{"name": "b", "source": "s", "device": "cuda"}, {"name": "b", "source": ""}],
         }
     )
-    assert set(problems) == {"port", "models[0].num_gpus", "models[1].name", "models[1].source"}
+    assert set(problems) == {
+        "port", "progress_interval_seconds", "models[0].num_gpus", "models[1].name", "models[1].source",
+    }  # fmt: skip
     assert _problems({"models": []}) == {"models": "serve at least one model"}
     problems = _problems(
         {"models": [{"name": "a", "source": "s"}], "keys_file": "/nope.yaml", "tls": {"cert_file": "c"}}
