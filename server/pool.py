@@ -153,9 +153,10 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ runs
     async def run(
-        self, model: str, graph: ir.Graph, limits: ir.Limits, deadline: float
+        self, model: str, graph: ir.Graph | bytes, limits: ir.Limits, deadline: float
     ) -> AsyncIterator[Item]:
-        """Run ``graph`` on a replica of ``model``; yield its items as they arrive.
+        """Run ``graph`` (or its serialized ``ir.Graph`` protobuf) on a replica of ``model``; yield
+        its items as they arrive.
 
         ``deadline`` is in event-loop time. Raises :class:`Failure` (the worker's own, or
         DEADLINE_EXCEEDED / UNAVAILABLE). Closing the iterator early cancels the run.

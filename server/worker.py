@@ -145,8 +145,8 @@ class ModelWorker:
         stop = should_stop or (lambda: False)
         with self._lock:
             try:
-                if not isinstance(graph, ir.Graph):
-                    graph = failures.decode(graph, limits)
+                if not isinstance(graph, ir.Graph):  # its constants become tensors: compute thread
+                    graph = self._compute.submit(failures.decode, graph, limits).result()
                 started = time.perf_counter()
                 results = yield from self._execute(graph, limits, stop)
                 compute = time.perf_counter() - started
