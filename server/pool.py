@@ -222,9 +222,14 @@ class WorkerPool:
 
 async def _fetch(gen: Any, out: asyncio.Queue[list[Item] | BaseException | None]) -> None:
     """Move a worker's streamed batches into ``out``; then None, or the exception that ended it."""
+    import ray
+
     try:
         async for ref in gen:
-            batch = await ref
+            try:  # the generator has waited for the object, so it is usually here: no second await
+                batch = ray.get(ref, timeout=0)
+            except ray.exceptions.GetTimeoutError:  # still on another node: fetch without blocking
+                batch = await ref
             await out.put(batch if isinstance(batch, list) else [batch])
         await out.put(None)
     except asyncio.CancelledError:
