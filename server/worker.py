@@ -122,7 +122,7 @@ class ModelWorker:
         # Every torch operation of this worker (loading included) runs on this one thread. OpenMP
         # keeps a thread team per thread that starts parallel work; with a second team in the
         # process, libgomp counts more threads than cores and stops spinning between parallel
-        # regions, and every forward pass slows by half (12 -> 19 ms for a short SmolLM2 run).
+        # regions: every forward pass gets ~1.6x slower (12 -> 19 ms for a short SmolLM2 run).
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"compute-{model.name}")
         started = time.perf_counter()
         self.model = self._compute.submit(load_model, model).result()
@@ -155,9 +155,8 @@ class ModelWorker:
                 return
             total = 0
             for name in list(results):
-                data, dtype, shape = results.pop(
-                    name
-                )  # dropped once streamed: memory falls as results go out
+                # Popped: each result is dropped once streamed, so memory falls as results go out.
+                data, dtype, shape = results.pop(name)
                 yield Header(name, dtype, shape, data.nbytes)
                 piece = min(self.chunk_bytes, PIECE_BYTES)
                 for offset in range(0, data.nbytes, piece):
@@ -371,9 +370,9 @@ class RayModelWorker(ModelWorker):
     def run_stream(self, graph: ir.Graph | bytes, limits: ir.Limits) -> Iterator[list[Item]]:
         """:meth:`run` as batches of items, stopping when the caller cancels (``ray.cancel``).
 
-        Each Ray item costs about a millisecond however small it is, so consecutive small
-        items (headers, progress, small results' chunks) travel together, up to one worker
-        chunk (``chunk_bytes``) of payload; a full chunk goes alone. Progress flushes at once.
+        Each Ray item costs about a millisecond however small it is, so consecutive items
+        (headers, pieces of at most :data:`PIECE_BYTES`) travel together in one Ray object of up
+        to ``chunk_bytes`` of payload. Progress flushes at once.
         """
         import ray
 
