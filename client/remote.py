@@ -134,8 +134,8 @@ class _Blocks(Sequence[_BlockView]):
 
 class _RemoteNorm:
     """``model.ln_final`` on the client: the server's norm with its weights (``ln_final.w`` and
-    ``ln_final.b``, fetched on first use), for ``apply_ln`` at the final layer (the logit lens).
-    The same fused functions as the core's ``Norm`` (which the client may not import)."""
+    ``ln_final.b``, fetched on first use), for ``apply_ln`` at the final layer (the logit lens),
+    computed by the core's own :func:`~telelens.core.components.norm.normalize`."""
 
     def __init__(self, model: RemoteModel) -> None:
         self.model = model
@@ -151,26 +151,9 @@ class _RemoteNorm:
         return iter(w for w in self._weights() if w is not None)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
+        from telelens.core.components.norm import normalize  # pure torch, imported on use
 
-        w, b = self._weights()
-        in_dtype = x.dtype
-        if in_dtype not in (torch.float32, torch.float64):
-            x = x.float()  # reduced-precision activations normalize in fp32, as on the server
-        length = (x.shape[-1],)
-        if self.kind in ("RMS", "RMSPre"):
-            out = F.rms_norm(x, length, None, self.eps)
-            if w is not None:
-                out = out.to(in_dtype) * w
-        else:
-            out = F.layer_norm(
-                x,
-                length,
-                None if w is None else w.to(x.dtype),
-                None if b is None else b.to(x.dtype),
-                self.eps,
-            )
-        return out.to(in_dtype)
+        return normalize(x, self.kind, *self._weights(), self.eps)
 
 
 # ---------------------------------------------------------------------------------------- model
