@@ -42,8 +42,6 @@ PROTOCOL_VERSION = ir.GRAPH_VERSION
 """The protocol this client speaks (sent in the handshake): the service protocol is the graph's."""
 MIN_SERVER_PROTOCOL_VERSION = 1
 """The oldest server protocol this client can use."""
-GRAPH_ERRORS_KEY = "telelens-graph-errors-bin"
-"""Trailing metadata of an INVALID_ARGUMENT: the serialized ``GraphErrors``."""
 DEFAULT_PORT = 50051
 DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
 """Largest single message either way (ModelInfo carries the tokenizer; chunks are ~1 MiB)."""
@@ -162,11 +160,11 @@ def _graph_errors(call: Any) -> list[ir.GraphError] | None:
     except Exception:
         return None
     for key, value in metadata:
-        if key == GRAPH_ERRORS_KEY:
+        if key == codec.GRAPH_ERRORS_KEY:
             try:
                 return codec.errors_from_proto(value if isinstance(value, bytes) else value.encode())
             except Exception:
-                logger.warning("telelens: undecodable %s metadata from the server", GRAPH_ERRORS_KEY)
+                logger.warning("telelens: undecodable %s metadata from the server", codec.GRAPH_ERRORS_KEY)
                 return None
     return None
 

@@ -110,6 +110,10 @@ def tensor_from_proto(
 # --- errors -----------------------------------------------------------------------------------
 
 
+GRAPH_ERRORS_KEY = "telelens-graph-errors-bin"
+"""gRPC trailing-metadata key of a refused graph's serialized ``GraphErrors`` (server and client)."""
+
+
 def errors_to_proto(errors: Iterable[ir.GraphError]) -> graph_pb2.GraphErrors:
     """Structured errors for the wire (e.g. a refused request's details)."""
     out = graph_pb2.GraphErrors()

@@ -32,7 +32,6 @@ PROTOCOL_VERSION = ir.GRAPH_VERSION
 """The service protocol is the graph protocol: one number for both."""
 MIN_PROTOCOL_VERSION = 1
 """The oldest client protocol this server serves."""
-GRAPH_ERRORS_KEY = "telelens-graph-errors-bin"
 MIN_CHUNK_BYTES = 4096
 INLINE_DECODE_BYTES = 64 << 10
 """Graphs up to this size decode on the event loop (well under a millisecond; a thread hop costs more)."""
@@ -112,7 +111,7 @@ class TelelensService(service_pb2_grpc.TelelensServicer):
     async def _fail(context: grpc.aio.ServicerContext, failure: Failure) -> NoReturn:
         metadata: tuple[tuple[str, bytes], ...] = ()
         if failure.errors:
-            metadata = ((GRAPH_ERRORS_KEY, codec.errors_to_proto(failure.errors).SerializeToString()),)
+            metadata = ((codec.GRAPH_ERRORS_KEY, codec.errors_to_proto(failure.errors).SerializeToString()),)
         await context.abort(grpc.StatusCode[failure.code], failure.message, trailing_metadata=metadata)
         raise AssertionError("unreachable")  # pragma: no cover
 
