@@ -28,15 +28,6 @@ if TYPE_CHECKING:
 
 # Wire DType enum number -> ir dtype name ("float32", ...).
 WIRE_DTYPES: dict[int, str] = {tensor_pb2.DType.Value("DTYPE_" + name.upper()): name for name in ir.DTYPES}
-_LITTLE_ENDIAN_NUMPY = {
-    "float32": "<f4",
-    "float16": "<f2",
-    "bfloat16": "<i2",
-    "float64": "<f8",
-    "int64": "<i8",
-    "int32": "<i4",
-    "bool": "|u1",
-}
 
 
 # ---------------------------------------------------------------------------------------- parsing
@@ -246,7 +237,7 @@ def _check_coverage(p: _Pending) -> None:
 def _as_tensor(p: _Pending) -> torch.Tensor:
     import torch
 
-    from telelens.protos.torch_tensors import torch_dtype_names
+    from telelens.protos.torch_tensors import LITTLE_ENDIAN_NUMPY, torch_dtype_names
 
     torch_dtype = {v: k for k, v in torch_dtype_names().items()}[p.dtype]
     if p.dtype == "bool":
@@ -254,6 +245,6 @@ def _as_tensor(p: _Pending) -> torch.Tensor:
             raise ProtocolError(f"result {p.name!r}: bool elements must be the bytes 0 or 1")
         return p.buffer.view(torch.bool).reshape(p.shape)
     if sys.byteorder == "big" and ITEMSIZE[p.dtype] > 1:  # wire bytes are little-endian
-        array = p.buffer.numpy().view(np.dtype(_LITTLE_ENDIAN_NUMPY[p.dtype])).byteswap().view(np.uint8)
+        array = p.buffer.numpy().view(np.dtype(LITTLE_ENDIAN_NUMPY[p.dtype])).byteswap().view(np.uint8)
         p.buffer = torch.from_numpy(array.copy())
     return p.buffer.view(torch_dtype).reshape(p.shape)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 # Wire dtype -> little-endian numpy dtype of the same bytes (bfloat16: its raw bits).
-_NUMPY: dict[str, str] = {
+LITTLE_ENDIAN_NUMPY: dict[str, str] = {
     "float32": "<f4",
     "float16": "<f2",
     "bfloat16": "<i2",
@@ -54,7 +54,9 @@ def tensor_data_from_torch(t: torch.Tensor) -> ir.TensorData:
     if name == "bfloat16":
         t = t.view(torch.int16)  # numpy has no bfloat16: ship the bits
     array = t.numpy()
-    data = array.astype(np.dtype(_NUMPY[name]), copy=False).tobytes()  # little-endian even on BE hosts
+    data = array.astype(
+        np.dtype(LITTLE_ENDIAN_NUMPY[name]), copy=False
+    ).tobytes()  # little-endian even on BE hosts
     return ir.TensorData(name, tuple(t.shape), data)
 
 
@@ -62,7 +64,7 @@ def tensor_data_to_torch(td: ir.TensorData, device: str | torch.device | None = 
     """A new, writable tensor holding ``td``'s values (on ``device`` if given)."""
     import torch
 
-    if td.dtype not in _NUMPY:
+    if td.dtype not in LITTLE_ENDIAN_NUMPY:
         raise ValueError(f"unknown dtype {td.dtype!r}")
     numel = 1
     for d in td.shape:
@@ -70,7 +72,7 @@ def tensor_data_to_torch(td: ir.TensorData, device: str | torch.device | None = 
     if any(d < 0 for d in td.shape) or len(td.data) != numel * ITEMSIZE[td.dtype]:
         raise ValueError(f"{len(td.data)} bytes do not fit shape {list(td.shape)} x {td.dtype}")
     # frombuffer over a bytearray copy: writable memory, so torch.from_numpy does not warn.
-    array = np.frombuffer(bytearray(td.data), dtype=np.dtype(_NUMPY[td.dtype])).reshape(td.shape)
+    array = np.frombuffer(bytearray(td.data), dtype=np.dtype(LITTLE_ENDIAN_NUMPY[td.dtype])).reshape(td.shape)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     t = torch.from_numpy(array)
