@@ -41,10 +41,9 @@ def weight_error(model: HookedTransformer, name: object) -> str | None:
         return f"a weight name must be a string, got {type(name).__name__}"
     cfg = model.cfg
     if name in NORM_WEIGHTS:
-        ln, attr = getattr(model, "ln_final", None), name.split(".")[1]
-        if ln is None or getattr(ln, attr, None) is None:
-            kind = getattr(ln, "kind", None) or "no normalization"
-            return f"this model's final norm ({kind}) has no {attr}"
+        if _final_norm_param(model, name) is None:
+            kind = getattr(getattr(model, "ln_final", None), "kind", None) or "no normalization"
+            return f"this model's final norm ({kind}) has no {name.split('.')[1]}"
         return None
     layer, part, attr = _parse(name)
     known = (part == "attn" and attr in ATTN_WEIGHTS) or (part == "mlp" and attr in MLP_WEIGHTS)
@@ -63,6 +62,11 @@ def weight_error(model: HookedTransformer, name: object) -> str | None:
     if attr == "W_gate" and not cfg.gated_mlp:
         return "this model's MLP is not gated: it has no W_gate"
     return None
+
+
+def _final_norm_param(model: HookedTransformer, name: str) -> torch.Tensor | None:
+    """``ln_final.w`` / ``ln_final.b`` of the model, None where its final norm has no such weight."""
+    return getattr(getattr(model, "ln_final", None), name.split(".")[1], None)
 
 
 def _block_attr(model: HookedTransformer, layer: int, part: str, attr: str) -> torch.Tensor:
@@ -86,7 +90,9 @@ def weight_shape(model: HookedTransformer, name: str) -> tuple[tuple[int, ...], 
 def get_weight(model: HookedTransformer, name: str) -> torch.Tensor:
     """The weight's value: a view where the model stores one (``W_U``), stacked for ``W_O`` etc."""
     if name in NORM_WEIGHTS:
-        return getattr(model.ln_final, name.split(".")[1])
+        param = _final_norm_param(model, name)
+        assert param is not None, weight_error(model, name)
+        return param
     layer, part, attr = _parse(name)
     if part == "model" or layer is None:
         return getattr(model, attr)
