@@ -225,33 +225,44 @@ def decode_rate(nbytes: int) -> float:
     return nbytes / best / 1e6
 
 
+def cache_variants(
+    local: Any, remote: Any, model_input: Any, names_filter: Any, runs: list[Any]
+) -> dict[str, Callable[[], object]]:
+    """``run_with_cache(model_input, names_filter, return_type=None)`` three ways: the local
+    HookedTransformer, local mode (the same graph on the in-process executor; text is tokenized
+    inside the call, as remotely) and remote (each call's RunStats appended to ``runs``)."""
+    from telelens.client import builders
+    from telelens.core.graph.local import LocalBackend
+
+    backend = LocalBackend(local)
+
+    def tokens() -> Any:
+        return local.to_tokens(model_input) if isinstance(model_input, str) else model_input
+
+    def remote_run() -> None:
+        remote.run_with_cache(model_input, names_filter=names_filter, return_type=None)
+        runs.append(remote.transport.last_run)
+
+    return {
+        "local HookedTransformer.run_with_cache": lambda: local.run_with_cache(
+            model_input, names_filter=names_filter, return_type=None
+        ),
+        "local mode (the same graph, in-process executor)": lambda: builders.run_with_cache(
+            backend, tokens(), names_filter, return_type=None
+        ),
+        "remote": remote_run,
+    }
+
+
 def small_request(local: Any, remote: Any, reps: int) -> None:
     """Part 1: remote against local mode for a one-hook request, and the fixed cost of a Run."""
     import torch
 
-    from telelens.client import builders
-    from telelens.core.graph.local import LocalBackend
     from telelens.protos import ir
 
-    backend = LocalBackend(local)
     small_runs: list[Any] = []
-
-    def remote_small() -> None:
-        remote.run_with_cache(SMALL_PROMPT, names_filter=SMALL_HOOK, return_type=None)
-        small_runs.append(remote.transport.last_run)
-
     small = round_robin(
-        {
-            "local HookedTransformer.run_with_cache": lambda: local.run_with_cache(
-                SMALL_PROMPT, names_filter=SMALL_HOOK, return_type=None
-            ),
-            "local mode (the same graph, in-process executor)": lambda: builders.run_with_cache(
-                backend, local.to_tokens(SMALL_PROMPT), SMALL_HOOK, return_type=None
-            ),
-            "remote": remote_small,
-        },
-        reps * 3,
-        pause=0.2,
+        cache_variants(local, remote, SMALL_PROMPT, SMALL_HOOK, small_runs), reps * 3, pause=0.2
     )
     print(f"\n## 1. small request: run_with_cache({SMALL_PROMPT!r}, names_filter={SMALL_HOOK!r})\n")
     table(small)
@@ -286,35 +297,17 @@ def stream(local: Any, remote: Any, raw_port: int, args: argparse.Namespace) -> 
     """Parts 2 and 3: every resid_post remote against local, and the result stream against raw gRPC."""
     import torch
 
-    from telelens.client import builders
     from telelens.client.transport import Transport
-    from telelens.core.graph.local import LocalBackend
     from telelens.protos import ir
 
-    backend = LocalBackend(local)
     # 2. every resid_post of a batch
     tokens = torch.randint(1000, 10000, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
     tokens[:, 0] = 1
     resid_post = lambda n: n.endswith("hook_resid_post")  # noqa: E731
     stats: list[Any] = []
-
-    def remote_resid() -> None:
-        remote.run_with_cache(tokens, names_filter=resid_post, return_type=None)
-        stats.append(remote.transport.last_run)
-
-    big = round_robin(
-        {
-            "local HookedTransformer.run_with_cache": lambda: local.run_with_cache(
-                tokens, names_filter=resid_post, return_type=None
-            ),
-            "local mode (the same graph, in-process executor)": lambda: builders.run_with_cache(
-                backend, tokens, resid_post, return_type=None
-            ),
-            "remote": remote_resid,
-        },
-        args.reps,
-        pause=0.5,
-    )
+    variants = cache_variants(local, remote, tokens, resid_post, stats)
+    remote_resid = variants["remote"]
+    big = round_robin(variants, args.reps, pause=0.5)
     nbytes = stats[-1].result_bytes
     print(
         f"\n## 2. run_with_cache(every hook_resid_post), {args.batch} x {args.seq} tokens, "
