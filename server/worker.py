@@ -350,18 +350,13 @@ class RayModelWorker(ModelWorker):
     threads as the replica has CPUs.
     """
 
-    def __init__(
-        self,
-        model: ModelConfig,
-        replica: int = 0,
-        chunk_bytes: int = 8 << 20,
-        progress_interval: float = PROGRESS_INTERVAL,
-    ) -> None:
+    def __init__(self, model: ModelConfig, *args: Any, **kwargs: Any) -> None:
+        """:class:`ModelWorker`'s arguments; torch's threads are set before the model loads."""
         import torch
 
         logging.basicConfig(level=logging.INFO)
         torch.set_num_threads(max(1, int(model.num_cpus)))
-        super().__init__(model, replica, chunk_bytes, progress_interval)
+        super().__init__(model, *args, **kwargs)
         # The model's many Python objects (modules, hook points, parameters) never die: keep them
         # out of the collector's full passes, which otherwise walk them all in the middle of runs.
         gc.collect()
