@@ -200,7 +200,10 @@ class ServeConfig:
     chunk_bytes: int = 1 << 20
     """Result chunk size on the wire when the request does not ask for one."""
     worker_chunk_bytes: int = 32 << 20
-    """Chunk size between a worker and the front door (Ray objects; larger is faster, up to a point)."""
+    """Chunk size of results collected from a worker through Ray (larger is faster, up to a point)."""
+    inline_result_bytes: int = 4 << 20
+    """Results up to this many bytes in all come back in the worker's own gRPC stream (one hop,
+    lowest latency); larger ones through Ray's object store (faster for bulk on one node)."""
     progress_interval_seconds: float = 0.1
     """How often a worker reports a run's progress; a run shorter than this reports none."""
     max_message_bytes: int = 512 << 20
@@ -269,6 +272,8 @@ class ServeConfig:
             )
         if self.ray_num_cpus is not None and self.ray_num_cpus < 1:
             problems.append(("ray_num_cpus", "must be >= 1"))
+        if self.inline_result_bytes < 0:
+            problems.append(("inline_result_bytes", "must be >= 0 (0: every result through Ray)"))
         if self.progress_interval_seconds < 0:
             problems.append(("progress_interval_seconds", "must be >= 0"))
         if self.grace_seconds < 0 or self.startup_timeout_seconds <= 0:

@@ -3,11 +3,13 @@
 Every replica is a :class:`~telelens.server.worker.RayModelWorker` actor. A replica that
 spans several GPUs gets a placement group (one ``STRICT_PACK`` bundle holding all of its
 GPUs) so that its resources are reserved together on one node. A request goes to the
-replica with the fewest requests in flight. If its actor dies, the actor is replaced; the
-request is retried once on a live replica if no result had reached the client yet, and
-otherwise fails with UNAVAILABLE. The pool keeps serving either way.
+replica with the fewest requests in flight, over that worker's own gRPC channel
+(``telelens.v1.Worker``); results too large for that stream are collected through Ray.
+If its actor dies, the actor is replaced; the request is retried once on a live replica if
+no result had reached the client yet, and otherwise fails with UNAVAILABLE. The pool keeps
+serving either way.
 
-All methods run on the server's event loop; Ray calls are awaited, never blocking it.
+All methods run on the server's event loop; Ray and gRPC calls are awaited, never blocking it.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from telelens.protos import ir
+import grpc
+
+from telelens.protos import codec, ir
+from telelens.server import messages, worker_channel
 from telelens.server.config import ModelConfig, ServeConfig
 from telelens.server.failures import Failure
-from telelens.server.worker import Chunk, Done, Header, Item, ModelDescription, RayModelWorker
+from telelens.server.worker import Item, ModelDescription, RayModelWorker
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +37,17 @@ BACKPRESSURE_OBJECTS = 4
 """Chunks a worker may have produced ahead of the front door (bounds memory per request)."""
 PREFETCH_BATCHES = 1
 """Batches the front door holds fetched ahead of the one it is sending."""
+ALIVE_SECONDS = 10.0
+"""How long a worker whose channel broke may take to answer a ping before it counts as dead."""
+
+
+@dataclass
+class WorkerLink:
+    """The front door's end of one worker's channel."""
+
+    channel: grpc.aio.Channel
+    run: Any  # grpc.aio.UnaryStreamMultiCallable: WorkerRunRequest bytes -> RunResponse bytes
+    metadata: tuple[tuple[str, str], ...]
 
 
 @dataclass
@@ -43,6 +60,8 @@ class Replica:
     served: int = 0
     generation: int = 0
     """How many times this replica's actor was replaced."""
+    link: asyncio.Future[WorkerLink] | None = None
+    """This actor's channel, once its model has loaded."""
 
 
 @dataclass
@@ -63,6 +82,8 @@ class WorkerPool:
         self._actor_class = ray.remote(RayModelWorker)
         self._models = {m.name: _Model(m) for m in config.models}
         self._ticket = itertools.count()
+        self.stats: Counter[str] = Counter()
+        """Runs answered in the worker's stream (``inline``) and through Ray (``collected``)."""
 
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
@@ -82,7 +103,9 @@ class WorkerPool:
         async def ready(m: _Model, r: Replica) -> None:
             try:
                 description = await r.actor.info.remote()
-            except self._ray.exceptions.RayError as e:
+                assert r.link is not None
+                await asyncio.shield(r.link)
+            except (self._ray.exceptions.RayError, grpc.RpcError) as e:
                 raise RuntimeError(
                     f"model {m.config.name!r} replica {r.index} failed to start:\n{e}"
                 ) from None
@@ -107,7 +130,19 @@ class WorkerPool:
         actor = self._actor_class.options(**options).remote(
             model, index, self.config.worker_chunk_bytes, self.config.progress_interval_seconds
         )
-        return Replica(model, index, actor, placement_group=pg)
+        link = asyncio.ensure_future(self._connect(actor))
+        link.add_done_callback(lambda f: f.cancelled() or f.exception())  # read later; never "unretrieved"
+        return Replica(model, index, actor, placement_group=pg, link=link)
+
+    async def _connect(self, actor: Any) -> WorkerLink:
+        address, token = await actor.endpoint.remote()  # answers once the model has loaded
+        limit = self.config.max_message_bytes
+        channel = grpc.aio.insecure_channel(
+            address,
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        )
+        run = channel.unary_stream("/telelens.v1.Worker/Run")  # bytes in, bytes out: forwarded as they are
+        return WorkerLink(channel, run, ((worker_channel.TOKEN_KEY, token),))
 
     async def shutdown(self) -> None:
         """Kill every actor and release placement groups."""
@@ -115,6 +150,7 @@ class WorkerPool:
 
         for m in self._models.values():
             for r in m.replicas:
+                await _close(r.link)
                 self._ray.kill(r.actor, no_restart=True)
                 if r.placement_group is not None:
                     remove_placement_group(r.placement_group)
@@ -143,7 +179,8 @@ class WorkerPool:
         with contextlib.suppress(Exception):  # already gone
             self._ray.kill(dead, no_restart=True)
         fresh = await self._new_replica(replica.model, replica.index, replica.placement_group)
-        replica.actor, replica.generation = fresh.actor, replica.generation + 1
+        await _close(replica.link)
+        replica.actor, replica.link, replica.generation = fresh.actor, fresh.link, replica.generation + 1
         logger.warning(
             "replaced dead worker %s/%d (generation %d)",
             replica.model.name,
@@ -153,13 +190,14 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ runs
     async def run(
-        self, model: str, graph: ir.Graph | bytes, limits: ir.Limits, deadline: float
-    ) -> AsyncIterator[Item]:
-        """Run ``graph`` (or its serialized ``ir.Graph`` protobuf) on a replica of ``model``; yield
-        its items as they arrive.
+        self, model: str, request: bytes, chunk_bytes: int, deadline: float
+    ) -> AsyncIterator[bytes]:
+        """Run a serialized ``WorkerRunRequest`` on a replica of ``model``; yield the serialized
+        ``RunResponse`` s for the client as they arrive (results collected through Ray are cut
+        into ``chunk_bytes`` chunks here).
 
         ``deadline`` is in event-loop time. Raises :class:`Failure` (the worker's own, or
-        DEADLINE_EXCEEDED / UNAVAILABLE). Closing the iterator early cancels the run.
+        DEADLINE_EXCEEDED / UNAVAILABLE / INTERNAL). Closing the iterator early cancels the run.
         """
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
@@ -169,55 +207,122 @@ class WorkerPool:
             replica.served = next(self._ticket)
             started_results = False
             finished = False
-            gen = actor.run_stream.options(
-                num_returns="streaming", _generator_backpressure_num_objects=BACKPRESSURE_OBJECTS
-            ).remote(graph, limits)
-            # The next batch is fetched while this one's messages go out: no pause between batches.
-            batches: asyncio.Queue[list[Item] | BaseException | None] = asyncio.Queue(PREFETCH_BATCHES)
-            fetcher = asyncio.create_task(_fetch(gen, batches))
+            call: Any = None
+            collected: Any = None
+            where = f"worker {model}/{replica.index}"
             try:
-                while True:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        raise asyncio.TimeoutError
-                    batch = await asyncio.wait_for(batches.get(), remaining)
-                    if batch is None:  # the stream ended
-                        finished = True
-                        return
-                    if isinstance(batch, BaseException):
-                        raise batch
-                    for item in batch:
-                        if isinstance(item, Failure):
-                            finished = True
-                            raise item
-                        if isinstance(item, (Header, Chunk)):
-                            started_results = True
-                        yield item
-                        if isinstance(item, Done):
-                            finished = True
-                            return
+                assert replica.link is not None
+                link = await asyncio.wait_for(asyncio.shield(replica.link), _left(deadline, loop))
+                call = link.run(request, metadata=link.metadata, timeout=_left(deadline, loop))
+                async for message in call:
+                    started_results = started_results or messages.carries_result(message)
+                    yield message
+                parked = dict(await call.trailing_metadata() or ()).get(worker_channel.PARKED_KEY)
+                if parked:  # too large for the channel: collected through Ray's object store
+                    started_results = True
+                    self.stats["collected"] += 1
+                    collected = actor.stream_results.options(
+                        num_returns="streaming", _generator_backpressure_num_objects=BACKPRESSURE_OBJECTS
+                    ).remote(parked)
+                    async for message in _collect(collected, chunk_bytes, deadline):
+                        yield message
+                else:
+                    self.stats["inline"] += 1
+                finished = True
+                return
             except asyncio.TimeoutError:
+                finished = True
                 raise Failure("DEADLINE_EXCEEDED", "the run did not finish before its deadline") from None
+            except grpc.aio.AioRpcError as e:
+                finished = True
+                failure = _worker_failure(e)
+                if failure is not None:
+                    raise failure from None
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise Failure("DEADLINE_EXCEEDED", "the run did not finish before its deadline") from None
+                if await self._alive(actor):
+                    raise Failure("UNAVAILABLE", f"lost the stream from {where}: {e.details()}") from None
+                dead: BaseException = e
             except self._ray.exceptions.RayTaskError as e:  # a bug in the worker, not a bad request
                 finished = True
-                raise Failure("INTERNAL", f"worker {model}/{replica.index} failed: {e}") from None
+                raise Failure("INTERNAL", f"{where} failed: {e}") from None
             except self._ray.exceptions.RayActorError as e:
                 finished = True
-                await self._replace(replica, actor)
-                where = f"worker {model}/{replica.index}"
-                if attempt == 1 and not started_results:
-                    logger.warning("%s died during a run; retrying once on a live replica (%s)", where, e)
-                    continue
-                when = "after results had started streaming" if started_results else "twice in a row"
-                raise Failure(
-                    "UNAVAILABLE", f"{where} died {when}; the server is replacing it, send the request again"
-                ) from None
+                dead = e
             finally:
-                fetcher.cancel()
                 replica.busy -= 1
                 if not finished:  # deadline, client gone, or an error here: stop the worker's work
-                    self._ray.cancel(gen)
+                    if call is not None:
+                        call.cancel()
+                    if collected is not None:
+                        self._ray.cancel(collected)
+            await self._replace(replica, actor)
+            if attempt == 1 and not started_results:
+                logger.warning("%s died during a run; retrying once on a live replica (%s)", where, dead)
+                continue
+            when = "after results had started streaming" if started_results else "twice in a row"
+            raise Failure(
+                "UNAVAILABLE", f"{where} died {when}; the server is replacing it, send the request again"
+            )
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _alive(self, actor: Any) -> bool:
+        """Whether ``actor`` still answers (its channel broke: a dead process, or the network)."""
+        try:
+            await asyncio.wait_for(actor.ping.remote(), ALIVE_SECONDS)
+            return True
+        except (self._ray.exceptions.RayActorError, asyncio.TimeoutError):
+            return False
+
+
+def _left(deadline: float, loop: asyncio.AbstractEventLoop) -> float:
+    remaining = deadline - loop.time()
+    if remaining <= 0:
+        raise asyncio.TimeoutError
+    return remaining
+
+
+def _worker_failure(e: grpc.aio.AioRpcError) -> Failure | None:
+    """The failure a worker reported on purpose (its status and graph errors), else None."""
+    metadata = dict(e.trailing_metadata() or ())
+    if worker_channel.FAILURE_KEY not in metadata:
+        return None
+    errors: tuple[ir.GraphError, ...] = ()
+    if codec.GRAPH_ERRORS_KEY in metadata:
+        errors = tuple(codec.errors_from_proto(metadata[codec.GRAPH_ERRORS_KEY]))
+    return Failure(e.code().name, e.details() or "", errors)
+
+
+async def _close(link: asyncio.Future[WorkerLink] | None) -> None:
+    if link is None:
+        return
+    if not link.done():
+        link.cancel()
+        return
+    if not link.cancelled() and link.exception() is None:
+        await link.result().channel.close()
+
+
+async def _collect(gen: Any, chunk_bytes: int, deadline: float) -> AsyncIterator[bytes]:
+    """The items of a worker's :meth:`~RayModelWorker.stream_results` as ``RunResponse`` bytes."""
+    loop = asyncio.get_running_loop()
+    # The next batch is fetched while this one's messages go out: no pause between batches.
+    batches: asyncio.Queue[list[Item] | BaseException | None] = asyncio.Queue(PREFETCH_BATCHES)
+    fetcher = asyncio.create_task(_fetch(gen, batches))
+    try:
+        while True:
+            batch = await asyncio.wait_for(batches.get(), _left(deadline, loop))
+            if batch is None:  # the stream ended
+                return
+            if isinstance(batch, BaseException):
+                raise batch
+            for item in batch:
+                if isinstance(item, Failure):
+                    raise item
+                for message in messages.item_messages(item, chunk_bytes):
+                    yield message
+    finally:
+        fetcher.cancel()
 
 
 async def _fetch(gen: Any, out: asyncio.Queue[list[Item] | BaseException | None]) -> None:

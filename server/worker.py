@@ -1,9 +1,10 @@
 """A model replica: loads one model once, describes it, and runs graphs as a stream of pieces.
 
 :class:`ModelWorker` is a plain class (usable in-process); :class:`RayModelWorker` is the
-same thing as a Ray actor body, whose :meth:`~RayModelWorker.run_stream` is called as a Ray
-streaming generator (``num_returns="streaming"``) so that results flow to the front door
-chunk by chunk with bounded memory on both sides.
+same thing as a Ray actor body, which serves runs on its own gRPC channel
+(:mod:`telelens.server.worker_channel`) and hands large results to the front door as a Ray
+streaming generator (:meth:`~RayModelWorker.stream_results`), chunk by chunk with bounded
+memory on both sides.
 
 What :meth:`ModelWorker.run` yields, in order: :class:`Progress` (while the forward passes
 run), then for each saved value a :class:`Header` and its :class:`Chunk`\\ s (raw
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
-from telelens.protos import ir
+from telelens.protos import graph_pb2, ir
 from telelens.server import failures
 from telelens.server.config import ModelConfig
 from telelens.server.failures import Failure
@@ -135,7 +136,10 @@ class ModelWorker:
 
     # ------------------------------------------------------------------ runs
     def run(
-        self, graph: ir.Graph | bytes, limits: ir.Limits, should_stop: Callable[[], bool] | None = None
+        self,
+        graph: ir.Graph | bytes | graph_pb2.Graph,
+        limits: ir.Limits,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Iterator[Item]:
         """Validate and execute ``graph``, then stream its saved values (see the module docstring).
 
@@ -143,35 +147,49 @@ class ModelWorker:
         True the run ends early with a CANCELLED failure (or silently while streaming).
         """
         stop = should_stop or (lambda: False)
+        try:
+            results, compute = yield from self.execute(graph, limits, stop)
+        except Failure as f:
+            yield f
+            return
+        yield from self.result_items(results, compute, stop)
+
+    def execute(
+        self, graph: ir.Graph | bytes | graph_pb2.Graph, limits: ir.Limits, stop: Callable[[], bool]
+    ) -> Generator[Progress, None, tuple[dict[str, WireResult], float]]:
+        """Decode (from the wire), validate and run ``graph`` on the compute thread, yielding its
+        progress; returns its results as :func:`wire_result` s and the seconds it computed.
+        Raises :class:`Failure`."""
         with self._lock:
-            try:
-                if not isinstance(graph, ir.Graph):  # its constants become tensors: compute thread
-                    graph = self._compute.submit(failures.decode, graph, limits).result()
-                started = time.perf_counter()
-                results = yield from self._execute(graph, limits, stop)
-                compute = time.perf_counter() - started
-            except Failure as f:
-                yield f
-                return
-            total = 0
-            for name in list(results):
-                # Popped: each result is dropped once streamed, so memory falls as results go out.
-                data, dtype, shape = results.pop(name)
-                yield Header(name, dtype, shape, data.nbytes)
-                piece = min(self.chunk_bytes, PIECE_BYTES)
-                for offset in range(0, data.nbytes, piece):
-                    if stop():
-                        return
-                    yield Chunk(name, offset, data[offset : offset + piece])
-                total += data.nbytes
-                del data
-            yield Done(total, compute, self.worker_id)
+            started = time.perf_counter()
+            results = yield from self._execute(graph, limits, stop)
+            return results, time.perf_counter() - started
+
+    def result_items(
+        self, results: dict[str, WireResult], compute_seconds: float, stop: Callable[[], bool]
+    ) -> Iterator[Header | Chunk | Done]:
+        """Each result as a :class:`Header` and its :class:`Chunk` s (views of its buffer, at most
+        ``chunk_bytes`` each), then :class:`Done`; stops silently once ``stop()`` is True."""
+        total = 0
+        piece = min(self.chunk_bytes, PIECE_BYTES)
+        for name in list(results):
+            # Popped: each result is dropped once streamed, so memory falls as results go out.
+            data, dtype, shape = results.pop(name)
+            yield Header(name, dtype, shape, data.nbytes)
+            for offset in range(0, data.nbytes, piece):
+                if stop():
+                    return
+                yield Chunk(name, offset, data[offset : offset + piece])
+            total += data.nbytes
+            del data
+        yield Done(total, compute_seconds, self.worker_id)
 
     def _execute(
-        self, graph: ir.Graph, limits: ir.Limits, stop: Callable[[], bool]
-    ) -> Generator[Item, None, dict[str, WireResult]]:
+        self, graph: ir.Graph | bytes | graph_pb2.Graph, limits: ir.Limits, stop: Callable[[], bool]
+    ) -> Generator[Progress, None, dict[str, WireResult]]:
         """Run the executor on the compute thread, yielding its progress; returns the results as
-        :func:`wire_bytes` arrays (converted there too: a copy of a strided result is torch work)."""
+        :func:`wire_bytes` arrays (converted there too: a copy of a strided result is torch work).
+        A graph from the wire decodes there as well: its constants become tensors."""
         from telelens.core.graph import execute
 
         events: queue.Queue[Progress | None] = queue.Queue()  # None: the executor has returned
@@ -192,7 +210,9 @@ class ModelWorker:
 
         def target() -> None:
             try:
-                results = execute(self.model, graph, limits, progress=progress, for_autograd=False)
+                decoded = graph if isinstance(graph, ir.Graph) else failures.decode(graph, limits)
+                outcome["graph"] = decoded
+                results = execute(self.model, decoded, limits, progress=progress, for_autograd=False)
                 outcome["results"] = {name: wire_result(results.pop(name)) for name in list(results)}
             except BaseException as e:  # reported to the caller, never lost in a thread
                 outcome["error"] = e
@@ -210,7 +230,7 @@ class ModelWorker:
                     event = False  # nothing new: only look at the stop flag
                 if event is None:
                     break
-                if event:
+                if isinstance(event, Progress):
                     yield event
                 if stop() and not cancelled.is_set():
                     cancelled.set()
@@ -221,15 +241,15 @@ class ModelWorker:
         if cancelled.is_set() or isinstance(outcome.get("error"), _Stopped):
             raise Failure("CANCELLED", "the run was cancelled")
         if "error" in outcome:
-            raise self._failure(outcome["error"], graph, limits)
+            raise self._failure(outcome["error"], outcome.get("graph"), limits)
         return outcome["results"]
 
-    def _failure(self, e: BaseException, graph: ir.Graph, limits: ir.Limits) -> Failure:
+    def _failure(self, e: BaseException, graph: ir.Graph | None, limits: ir.Limits) -> Failure:
         from telelens.core.graph import GraphRuntimeError, validate
 
         if isinstance(e, Failure):  # a result that cannot travel (wire_bytes)
             return e
-        if isinstance(e, ir.GraphValidationError):
+        if isinstance(e, ir.GraphValidationError) and graph is not None:
             return failures.refused(e, lambda lim: validate(self.model, graph, lim), limits)
         if isinstance(e, GraphRuntimeError):
             error = ir.GraphError(e.node_id, "", e.reason)
@@ -346,13 +366,18 @@ def _weights(model: HookedTransformer, dtype_names: dict) -> Iterator[tuple[str,
 class RayModelWorker(ModelWorker):
     """The actor body: ``ray.remote(RayModelWorker).options(num_cpus=..., num_gpus=...)``.
 
-    Runs one request at a time (the default ``max_concurrency=1``); torch gets as many
-    threads as the replica has CPUs.
+    Runs arrive on the worker's own gRPC channel (:class:`~telelens.server.worker_channel.WorkerChannel`,
+    at :meth:`endpoint`); Ray calls the rest: :meth:`info`, :meth:`ping`, and
+    :meth:`stream_results` for results too large for that channel. Torch gets as many threads
+    as the replica has CPUs, all of its work on the one compute thread.
     """
 
     def __init__(self, model: ModelConfig, *args: Any, **kwargs: Any) -> None:
         """:class:`ModelWorker`'s arguments; torch's threads are set before the model loads."""
+        import ray
         import torch
+
+        from telelens.server.worker_channel import WorkerChannel
 
         logging.basicConfig(level=logging.INFO)
         torch.set_num_threads(max(1, int(model.num_cpus)))
@@ -361,27 +386,38 @@ class RayModelWorker(ModelWorker):
         # out of the collector's full passes, which otherwise walk them all in the middle of runs.
         gc.collect()
         gc.freeze()
+        self.channel = WorkerChannel(self, ray.util.get_node_ip_address())
 
-    def run_stream(self, graph: ir.Graph | bytes, limits: ir.Limits) -> Iterator[list[Item]]:
-        """:meth:`run` as batches of items, stopping when the caller cancels (``ray.cancel``).
+    def endpoint(self) -> tuple[str, str]:
+        """Where the front door reaches this worker's channel, and the token it must show."""
+        return self.channel.address, self.channel.token
+
+    def stream_results(self, run_id: str) -> Iterator[list[Item]]:
+        """The results the channel parked as ``run_id``, as a Ray streaming generator of batches,
+        stopping when the caller cancels (``ray.cancel``).
 
         Each Ray item costs about a millisecond however small it is, so consecutive items
         (headers, pieces of at most :data:`PIECE_BYTES`) travel together in one Ray object of up
-        to ``chunk_bytes`` of payload. Progress flushes at once.
+        to ``chunk_bytes`` of payload.
         """
         import ray
 
-        context = ray.get_runtime_context()
+        try:
+            parked = self.channel.take(run_id)
+        except Failure as f:
+            yield [f]
+            return
+        stop = ray.get_runtime_context().is_canceled
         bundle: list[Item] = []
         size = 0
-        for item in self.run(graph, limits, should_stop=context.is_canceled):
+        for item in self.result_items(parked.results, parked.compute_seconds, stop):
             item_bytes = item.data.nbytes if isinstance(item, Chunk) else 0
             if bundle and size + item_bytes > self.chunk_bytes:
                 yield bundle
                 bundle, size = [], 0
             bundle.append(item)
             size += item_bytes
-            if isinstance(item, Progress) or size >= self.chunk_bytes:
+            if size >= self.chunk_bytes:
                 yield bundle
                 bundle, size = [], 0
         if bundle:

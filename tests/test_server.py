@@ -30,7 +30,7 @@ from server_helpers import (
 )
 
 from telelens.core.graph.hooks import hook_table
-from telelens.protos import codec, ir, service_pb2
+from telelens.protos import codec, ir, service_pb2, worker_pb2
 from telelens.server.auth import add_key
 from telelens.server.config import ServeConfig
 
@@ -71,6 +71,8 @@ def server(tiny_folder: Path, keys: tuple[Path, dict[str, str]], tmp_path_factor
         # small worker chunks: a 64 MiB result is then more than the worker may send ahead
         # (backpressure) of a stalled client, which the kill-while-streaming test relies on
         worker_chunk_bytes=8 << 20,
+        # results over 64 KiB go through Ray, smaller ones in the worker's stream: both paths run here
+        inline_result_bytes=64 << 10,
         progress_interval_seconds=0.0,  # every pass reported, however short the run
     )
     with run_server(config) as handle:
@@ -384,6 +386,34 @@ def test_worker_killed_before_results_is_retried(server, stub, key, local) -> No
     assert _replica(server).generation >= 1 and _replica(server).actor is not actor
     quick = ir.Graph((ir.Run(0, text=("w1",)), ir.Read(1, 0, "logits"), ir.Save(2, ir.Ref(1), "l")))
     assert run_graph(stub, quick, key["full"]).values["l"].shape == (1, 2, 97)  # the pool keeps serving
+
+
+def test_small_results_come_in_the_workers_stream_large_ones_through_ray(server, stub, key, local) -> None:
+    def logits_of(batch: int) -> ir.Graph:
+        text = ("w1 w2 w3 w4 w5 w6 w7 w8",) * batch  # batch x 9 x 97 float32
+        return ir.Graph((ir.Run(0, text=text), ir.Read(1, 0, "logits"), ir.Save(2, ir.Ref(1), "l")))
+
+    for graph, path in ((logits_of(1), "inline"), (logits_of(32), "collected")):  # 3.5 KB, 112 KB
+        before = server.pool.stats[path]
+        out = run_graph(stub, graph, key["full"], chunk_bytes=16 << 10)
+        assert server.pool.stats[path] == before + 1, path  # the fixture inlines up to 64 KiB
+        assert torch.equal(out.values["l"], local_execute(local, graph)["l"]), path
+        assert out.chunks == -(-out.headers["l"].nbytes // (16 << 10)), path
+
+
+def test_worker_channel_needs_the_token_from_ray(server) -> None:
+    import ray
+
+    from telelens.server.worker_channel import TOKEN_KEY
+
+    address, token = ray.get(_replica(server).actor.endpoint.remote())
+    request = worker_pb2.WorkerRunRequest().SerializeToString()
+    with grpc.insecure_channel(address) as channel:
+        run = channel.unary_stream("/telelens.v1.Worker/Run")
+        for metadata in ((), ((TOKEN_KEY, token[::-1]),)):
+            with pytest.raises(grpc.RpcError) as e:
+                list(run(request, metadata=metadata, timeout=10))
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_worker_killed_while_streaming_is_unavailable(server, stub, key) -> None:

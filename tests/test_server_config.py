@@ -12,7 +12,7 @@ import yaml
 from server_helpers import constant, make_tiny_folder
 
 from telelens.cli import main as cli_main
-from telelens.protos import ir, service_pb2
+from telelens.protos import codec, ir, service_pb2, worker_pb2
 from telelens.server import failures
 from telelens.server.auth import AuthError, KeyStore, add_key, bearer, hash_key, read_keys_file
 from telelens.server.config import (
@@ -25,7 +25,8 @@ from telelens.server.config import (
     load_config,
     parse_bytes,
 )
-from telelens.server.service import encode_chunk, handshake
+from telelens.server.messages import encode_chunk
+from telelens.server.service import handshake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -316,6 +317,117 @@ def test_worker_reports_failures(worker) -> None:  # type: ignore[no-untyped-def
     assert failure.code == "RESOURCE_EXHAUSTED"
     items = list(worker.run(ok, ir.Limits(), should_stop=lambda: True))
     assert isinstance(items[-1], Failure) and items[-1].code == "CANCELLED"
+
+
+# ------------------------------------------------------------------------------------ worker channel
+@pytest.fixture(scope="module")
+def channel(worker):  # type: ignore[no-untyped-def]
+    from telelens.server.worker_channel import WorkerChannel
+
+    served = WorkerChannel(worker, "127.0.0.1")
+    yield served
+    served.stop()
+
+
+def _channel_run(channel, graph: ir.Graph, inline_bytes: int, token: str | None = None):  # type: ignore[no-untyped-def]
+    """The worker channel's answer to ``graph``: its RunResponse messages and trailing metadata."""
+    from telelens.server.worker_channel import TOKEN_KEY, limits_to_proto
+
+    request = worker_pb2.WorkerRunRequest(
+        graph=codec.encode_graph(graph),
+        limits=limits_to_proto(ir.Limits()),
+        chunk_bytes=4096,
+        inline_bytes=inline_bytes,
+    )
+    with grpc.insecure_channel(channel.address) as ch:
+        run = ch.unary_stream(
+            "/telelens.v1.Worker/Run", response_deserializer=service_pb2.RunResponse.FromString
+        )
+        call = run(request.SerializeToString(), metadata=((TOKEN_KEY, token or channel.token),), timeout=30)
+        return list(call), dict(call.trailing_metadata())
+
+
+def test_worker_channel_sends_small_results_and_parks_large_ones(worker, channel) -> None:  # type: ignore[no-untyped-def]
+    from telelens.server.failures import Failure
+    from telelens.server.worker_channel import PARKED_KEY
+
+    graph = ir.Graph((ir.Run(0, text=("w1 w2",)), ir.Read(1, 0, "logits"), ir.Save(2, ir.Ref(1), "logits")))
+    want = b"".join(i.data.tobytes() for i in worker.run(graph, ir.Limits()) if hasattr(i, "data"))
+    assert len(want) == 3 * 97 * 4
+
+    sent, trailer = _channel_run(channel, graph, inline_bytes=len(want))  # fits: in the stream
+    assert [m.WhichOneof("item") for m in sent] == ["header", "chunk", "done"] and PARKED_KEY not in trailer
+    assert sent[1].chunk.data == want and sent[2].done.result_bytes == len(want)
+
+    sent, trailer = _channel_run(channel, graph, inline_bytes=len(want) - 1)  # one byte over: parked
+    assert sent == [] and PARKED_KEY in trailer
+    parked = channel.take(trailer[PARKED_KEY])
+    data, dtype, shape = parked.results["logits"]
+    assert (data.tobytes(), dtype, shape) == (want, "float32", (1, 3, 97))
+    with pytest.raises(Failure, match="holds no results"):  # taken once
+        channel.take(trailer[PARKED_KEY])
+
+
+def test_worker_channel_marks_the_failures_of_runs(channel) -> None:  # type: ignore[no-untyped-def]
+    from telelens.server.worker_channel import FAILURE_KEY
+
+    bad = ir.Graph((ir.Run(0, text=("w1",)), ir.Read(1, 0, "nope"), ir.Save(2, ir.Ref(1), "x")))
+    with pytest.raises(grpc.RpcError) as e:
+        _channel_run(channel, bad, inline_bytes=1 << 20)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    trailer = dict(e.value.trailing_metadata())
+    assert FAILURE_KEY in trailer
+    assert codec.errors_from_proto(trailer[codec.GRAPH_ERRORS_KEY])[0].node_id == 1
+
+
+def test_worker_channel_refuses_a_wrong_token(channel) -> None:  # type: ignore[no-untyped-def]
+    from telelens.server.worker_channel import FAILURE_KEY
+
+    ok = ir.Graph((ir.Run(0, text=("w1",)), ir.Read(1, 0, "logits"), ir.Save(2, ir.Ref(1), "x")))
+    with pytest.raises(grpc.RpcError) as e:
+        _channel_run(channel, ok, inline_bytes=1 << 20, token="not-" + channel.token)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert FAILURE_KEY not in dict(e.value.trailing_metadata() or ())
+
+
+def test_parked_results_expire(channel, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from telelens.server import worker_channel
+    from telelens.server.failures import Failure
+
+    monkeypatch.setattr(worker_channel, "PARK_SECONDS", -1.0)  # expired as soon as parked
+    first = channel.park({}, 0.0)
+    channel.park({}, 0.0)  # parking drops what expired
+    with pytest.raises(Failure, match="expired"):
+        channel.take(first)
+
+
+def test_limits_travel_to_the_worker_unchanged() -> None:
+    from telelens.server.worker_channel import limits_from_proto, limits_to_proto
+
+    limits = ir.Limits(
+        max_nodes=7,
+        max_tokens=11,
+        max_constant_bytes=13,
+        max_result_bytes=17,
+        max_sweep_cells=19,
+        allow_code=True,
+    )
+    assert limits_from_proto(limits_to_proto(limits)) == limits
+    assert limits_from_proto(limits_to_proto(ir.Limits())) == ir.Limits()
+
+
+def test_carries_result_tells_results_from_progress_and_done() -> None:
+    from telelens.server.messages import carries_result
+
+    kinds = {
+        "progress": service_pb2.RunResponse(progress=service_pb2.Progress()),
+        "header": service_pb2.RunResponse(header=service_pb2.ResultHeader(name="x")),
+        "chunk": service_pb2.RunResponse(chunk=service_pb2.ResultChunk()),
+        "done": service_pb2.RunResponse(done=service_pb2.RunSummary(result_bytes=3)),
+    }
+    for kind, message in kinds.items():
+        assert carries_result(message.SerializeToString()) == (kind in ("header", "chunk")), kind
+    assert not carries_result(b"")
 
 
 def test_docs_list_every_config_field() -> None:
