@@ -20,11 +20,17 @@ from telelens.server.worker import Chunk, Done, Header, Progress
 # The first byte of a serialized RunResponse is the tag of its one set `item` field
 # (field number << 3 | 2 for a length-delimited submessage).
 _RESULT_TAGS = frozenset({2 << 3 | 2, 3 << 3 | 2})  # header = 2, chunk = 3
+_DONE_TAG = 4 << 3 | 2
 
 
 def carries_result(message: bytes) -> bool:
     """Whether a serialized ``RunResponse`` is a result's header or chunk (not progress or done)."""
     return bool(message) and message[0] in _RESULT_TAGS
+
+
+def is_done(message: bytes) -> bool:
+    """Whether a serialized ``RunResponse`` is the run's summary, its last message."""
+    return bool(message) and message[0] == _DONE_TAG
 
 
 def item_messages(item: Progress | Header | Chunk | Done, chunk_bytes: int) -> Iterator[bytes]:

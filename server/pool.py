@@ -217,6 +217,10 @@ class WorkerPool:
                 async for message in call:
                     started_results = started_results or messages.carries_result(message)
                     yield message
+                    if messages.is_done(message):  # complete: the client need not wait for the
+                        self.stats["inline"] += 1  # worker's status to arrive here as well
+                        finished = True
+                        return
                 parked = dict(await call.trailing_metadata() or ()).get(worker_channel.PARKED_KEY)
                 if parked:  # too large for the channel: collected through Ray's object store
                     started_results = True
@@ -226,15 +230,13 @@ class WorkerPool:
                     ).remote(parked)
                     async for message in _collect(collected, chunk_bytes, deadline):
                         yield message
-                else:
-                    self.stats["inline"] += 1
-                finished = True
-                return
-            except asyncio.TimeoutError:
-                finished = True
+                    finished = True
+                    return
+                raise Failure("INTERNAL", f"{where} ended a run without its summary or parked results")
+            except asyncio.TimeoutError:  # not finished: the finally below stops the worker's work
                 raise Failure("DEADLINE_EXCEEDED", "the run did not finish before its deadline") from None
             except grpc.aio.AioRpcError as e:
-                finished = True
+                finished = True  # the call has ended; nothing to cancel
                 failure = _worker_failure(e)
                 if failure is not None:
                     raise failure from None

@@ -416,8 +416,8 @@ def test_limits_travel_to_the_worker_unchanged() -> None:
     assert limits_from_proto(limits_to_proto(ir.Limits())) == ir.Limits()
 
 
-def test_carries_result_tells_results_from_progress_and_done() -> None:
-    from telelens.server.messages import carries_result
+def test_message_kinds_are_told_from_their_first_byte() -> None:
+    from telelens.server.messages import carries_result, is_done
 
     kinds = {
         "progress": service_pb2.RunResponse(progress=service_pb2.Progress()),
@@ -427,7 +427,8 @@ def test_carries_result_tells_results_from_progress_and_done() -> None:
     }
     for kind, message in kinds.items():
         assert carries_result(message.SerializeToString()) == (kind in ("header", "chunk")), kind
-    assert not carries_result(b"")
+        assert is_done(message.SerializeToString()) == (kind == "done"), kind
+    assert not carries_result(b"") and not is_done(b"")
 
 
 def test_docs_list_every_config_field() -> None:
