@@ -379,7 +379,9 @@ class Transport:
         and nothing of it has been consumed yet). Statistics go to ``last_run``.
         """
         msg = graph if isinstance(graph, graph_pb2.Graph) else codec.encode_graph(graph)
-        request = service_pb2.RunRequest(model=model, graph=msg, chunk_bytes=self.chunk_bytes)
+        request = service_pb2.RunRequest(
+            model=model, graph=msg, chunk_bytes=self.chunk_bytes, accept_batches=True
+        )
         deadline = self._deadline(timeout, None)
         delays = self.retry.delays()
         stats = RunStats()
@@ -413,28 +415,38 @@ class Transport:
         call = self._run(request, timeout=self._remaining(deadline), metadata=self._metadata)
         finished = False
         first_result = None
+
+        def receive(item: service_pb2.RunResponse | Chunk) -> None:
+            nonlocal first_result
+            if isinstance(item, Chunk):
+                assembler.chunk(item)
+                return
+            kind = item.WhichOneof("item")
+            if kind == "header":
+                if first_result is None:
+                    first_result = time.monotonic()
+                    stats.first_result_s = first_result - start
+                bars.announce(assembler.header(item.header))
+            elif kind == "chunk":  # inside a batch (top-level chunks are parsed by hand)
+                assembler.chunk(Chunk(item.chunk.name, item.chunk.offset, memoryview(item.chunk.data)))
+            elif kind == "progress":
+                p = item.progress
+                stats.progress.append((p.done, p.total, p.stage))
+                bars.server(p.done, p.total, p.stage)
+            elif kind == "done":
+                stats.compute_seconds = item.done.compute_seconds
+                stats.worker = item.done.worker
+            elif kind == "batch":
+                for inner in item.batch.items:
+                    receive(inner)
+            # an unknown item (a newer server): ignored, fields are only ever added
+
         try:
             try:
                 for item in call:
-                    if isinstance(item, Chunk):
-                        assembler.chunk(item)
-                        continue
                     if isinstance(item, Malformed):
                         raise errors.ProtocolError(item.reason)
-                    kind = item.WhichOneof("item")
-                    if kind == "header":
-                        if first_result is None:
-                            first_result = time.monotonic()
-                            stats.first_result_s = first_result - start
-                        bars.announce(assembler.header(item.header))
-                    elif kind == "progress":
-                        p = item.progress
-                        stats.progress.append((p.done, p.total, p.stage))
-                        bars.server(p.done, p.total, p.stage)
-                    elif kind == "done":
-                        stats.compute_seconds = item.done.compute_seconds
-                        stats.worker = item.done.worker
-                    # an unknown item (a newer server): ignored, fields are only ever added
+                    receive(item)
             except grpc.RpcError as e:
                 raise _StreamFailed(e, received_results=first_result is not None) from None
             results = assembler.finish()

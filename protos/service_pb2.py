@@ -27,7 +27,7 @@ from . import graph_pb2 as telelens_dot_v1_dot_graph__pb2
 from . import tensor_pb2 as telelens_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19telelens/v1/service.proto\x12\x0btelelens.v1\x1a\x17telelens/v1/graph.proto\x1a\x18telelens/v1/tensor.proto\"D\n\x10HandshakeRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x16\n\x0e\x63lient_version\x18\x02 \x01(\t\"\x87\x01\n\x11HandshakeResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x1c\n\x14min_protocol_version\x18\x02 \x01(\r\x12\x16\n\x0eserver_version\x18\x03 \x01(\t\x12\x12\n\ncompatible\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\"\x87\x01\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x10\n\x08n_layers\x18\x03 \x01(\r\x12\x10\n\x08n_params\x18\x04 \x01(\x04\x12\x10\n\x08replicas\x18\x05 \x01(\r\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.telelens.v1.ModelSummary\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\'\n\x08HookInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\t\"L\n\nWeightInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12!\n\x05\x64type\x18\x03 \x01(\x0e\x32\x12.telelens.v1.DType\"\xb5\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12$\n\x05hooks\x18\x03 \x03(\x0b\x32\x15.telelens.v1.HookInfo\x12\x16\n\x0etokenizer_json\x18\x04 \x01(\t\x12\x1d\n\x15tokenizer_config_json\x18\x05 \x01(\t\x12(\n\x07weights\x18\x06 \x03(\x0b\x32\x17.telelens.v1.WeightInfo\"S\n\nRunRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x05graph\x18\x02 \x01(\x0b\x32\x12.telelens.v1.Graph\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\r\"6\n\x08Progress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x04\x12\r\n\x05total\x18\x02 \x01(\x04\x12\r\n\x05stage\x18\x03 \x01(\t\"^\n\x0cResultHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.telelens.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06nbytes\x18\x04 \x01(\x04\"9\n\x0bResultChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"K\n\nRunSummary\x12\x14\n\x0cresult_bytes\x18\x01 \x01(\x04\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x12\x0e\n\x06worker\x18\x03 \x01(\t\"\xc1\x01\n\x0bRunResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.telelens.v1.ProgressH\x00\x12+\n\x06header\x18\x02 \x01(\x0b\x32\x19.telelens.v1.ResultHeaderH\x00\x12)\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x18.telelens.v1.ResultChunkH\x00\x12\'\n\x04\x64one\x18\x04 \x01(\x0b\x32\x17.telelens.v1.RunSummaryH\x00\x42\x06\n\x04item2\xab\x02\n\x08Telelens\x12J\n\tHandshake\x12\x1d.telelens.v1.HandshakeRequest\x1a\x1e.telelens.v1.HandshakeResponse\x12M\n\nListModels\x12\x1e.telelens.v1.ListModelsRequest\x1a\x1f.telelens.v1.ListModelsResponse\x12H\n\x0cGetModelInfo\x12 .telelens.v1.GetModelInfoRequest\x1a\x16.telelens.v1.ModelInfo\x12:\n\x03Run\x12\x17.telelens.v1.RunRequest\x1a\x18.telelens.v1.RunResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19telelens/v1/service.proto\x12\x0btelelens.v1\x1a\x17telelens/v1/graph.proto\x1a\x18telelens/v1/tensor.proto\"D\n\x10HandshakeRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x16\n\x0e\x63lient_version\x18\x02 \x01(\t\"\x87\x01\n\x11HandshakeResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x1c\n\x14min_protocol_version\x18\x02 \x01(\r\x12\x16\n\x0eserver_version\x18\x03 \x01(\t\x12\x12\n\ncompatible\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\"\x87\x01\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x10\n\x08n_layers\x18\x03 \x01(\r\x12\x10\n\x08n_params\x18\x04 \x01(\x04\x12\x10\n\x08replicas\x18\x05 \x01(\r\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.telelens.v1.ModelSummary\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\'\n\x08HookInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\t\"L\n\nWeightInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12!\n\x05\x64type\x18\x03 \x01(\x0e\x32\x12.telelens.v1.DType\"\xb5\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12$\n\x05hooks\x18\x03 \x03(\x0b\x32\x15.telelens.v1.HookInfo\x12\x16\n\x0etokenizer_json\x18\x04 \x01(\t\x12\x1d\n\x15tokenizer_config_json\x18\x05 \x01(\t\x12(\n\x07weights\x18\x06 \x03(\x0b\x32\x17.telelens.v1.WeightInfo\"k\n\nRunRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x05graph\x18\x02 \x01(\x0b\x32\x12.telelens.v1.Graph\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\r\x12\x16\n\x0e\x61\x63\x63\x65pt_batches\x18\x04 \x01(\x08\"6\n\x08Progress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x04\x12\r\n\x05total\x18\x02 \x01(\x04\x12\r\n\x05stage\x18\x03 \x01(\t\"^\n\x0cResultHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.telelens.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06nbytes\x18\x04 \x01(\x04\"9\n\x0bResultChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"K\n\nRunSummary\x12\x14\n\x0cresult_bytes\x18\x01 \x01(\x04\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x12\x0e\n\x06worker\x18\x03 \x01(\t\"\xe9\x01\n\x0bRunResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.telelens.v1.ProgressH\x00\x12+\n\x06header\x18\x02 \x01(\x0b\x32\x19.telelens.v1.ResultHeaderH\x00\x12)\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x18.telelens.v1.ResultChunkH\x00\x12\'\n\x04\x64one\x18\x04 \x01(\x0b\x32\x17.telelens.v1.RunSummaryH\x00\x12&\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32\x15.telelens.v1.RunBatchH\x00\x42\x06\n\x04item\"3\n\x08RunBatch\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.telelens.v1.RunResponse2\xab\x02\n\x08Telelens\x12J\n\tHandshake\x12\x1d.telelens.v1.HandshakeRequest\x1a\x1e.telelens.v1.HandshakeResponse\x12M\n\nListModels\x12\x1e.telelens.v1.ListModelsRequest\x1a\x1f.telelens.v1.ListModelsResponse\x12H\n\x0cGetModelInfo\x12 .telelens.v1.GetModelInfoRequest\x1a\x16.telelens.v1.ModelInfo\x12:\n\x03Run\x12\x17.telelens.v1.RunRequest\x1a\x18.telelens.v1.RunResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,17 +53,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO']._serialized_start=683
   _globals['_MODELINFO']._serialized_end=864
   _globals['_RUNREQUEST']._serialized_start=866
-  _globals['_RUNREQUEST']._serialized_end=949
-  _globals['_PROGRESS']._serialized_start=951
-  _globals['_PROGRESS']._serialized_end=1005
-  _globals['_RESULTHEADER']._serialized_start=1007
-  _globals['_RESULTHEADER']._serialized_end=1101
-  _globals['_RESULTCHUNK']._serialized_start=1103
-  _globals['_RESULTCHUNK']._serialized_end=1160
-  _globals['_RUNSUMMARY']._serialized_start=1162
-  _globals['_RUNSUMMARY']._serialized_end=1237
-  _globals['_RUNRESPONSE']._serialized_start=1240
-  _globals['_RUNRESPONSE']._serialized_end=1433
-  _globals['_TELELENS']._serialized_start=1436
-  _globals['_TELELENS']._serialized_end=1735
+  _globals['_RUNREQUEST']._serialized_end=973
+  _globals['_PROGRESS']._serialized_start=975
+  _globals['_PROGRESS']._serialized_end=1029
+  _globals['_RESULTHEADER']._serialized_start=1031
+  _globals['_RESULTHEADER']._serialized_end=1125
+  _globals['_RESULTCHUNK']._serialized_start=1127
+  _globals['_RESULTCHUNK']._serialized_end=1184
+  _globals['_RUNSUMMARY']._serialized_start=1186
+  _globals['_RUNSUMMARY']._serialized_end=1261
+  _globals['_RUNRESPONSE']._serialized_start=1264
+  _globals['_RUNRESPONSE']._serialized_end=1497
+  _globals['_RUNBATCH']._serialized_start=1499
+  _globals['_RUNBATCH']._serialized_end=1550
+  _globals['_TELELENS']._serialized_start=1553
+  _globals['_TELELENS']._serialized_end=1852
 # @@protoc_insertion_point(module_scope)

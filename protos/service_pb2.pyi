@@ -100,14 +100,16 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., config_json: _Optional[str] = ..., hooks: _Optional[_Iterable[_Union[HookInfo, _Mapping]]] = ..., tokenizer_json: _Optional[str] = ..., tokenizer_config_json: _Optional[str] = ..., weights: _Optional[_Iterable[_Union[WeightInfo, _Mapping]]] = ...) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("model", "graph", "chunk_bytes")
+    __slots__ = ("model", "graph", "chunk_bytes", "accept_batches")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_BATCHES_FIELD_NUMBER: _ClassVar[int]
     model: str
     graph: _graph_pb2.Graph
     chunk_bytes: int
-    def __init__(self, model: _Optional[str] = ..., graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    accept_batches: bool
+    def __init__(self, model: _Optional[str] = ..., graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., chunk_bytes: _Optional[int] = ..., accept_batches: _Optional[bool] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("done", "total", "stage")
@@ -152,13 +154,21 @@ class RunSummary(_message.Message):
     def __init__(self, result_bytes: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class RunResponse(_message.Message):
-    __slots__ = ("progress", "header", "chunk", "done")
+    __slots__ = ("progress", "header", "chunk", "done", "batch")
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     progress: Progress
     header: ResultHeader
     chunk: ResultChunk
     done: RunSummary
-    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., header: _Optional[_Union[ResultHeader, _Mapping]] = ..., chunk: _Optional[_Union[ResultChunk, _Mapping]] = ..., done: _Optional[_Union[RunSummary, _Mapping]] = ...) -> None: ...
+    batch: RunBatch
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., header: _Optional[_Union[ResultHeader, _Mapping]] = ..., chunk: _Optional[_Union[ResultChunk, _Mapping]] = ..., done: _Optional[_Union[RunSummary, _Mapping]] = ..., batch: _Optional[_Union[RunBatch, _Mapping]] = ...) -> None: ...
+
+class RunBatch(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[RunResponse]
+    def __init__(self, items: _Optional[_Iterable[_Union[RunResponse, _Mapping]]] = ...) -> None: ...

@@ -27,7 +27,7 @@ from . import graph_pb2 as telelens_dot_v1_dot_graph__pb2
 from . import service_pb2 as telelens_dot_v1_dot_service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18telelens/v1/worker.proto\x12\x0btelelens.v1\x1a\x17telelens/v1/graph.proto\x1a\x19telelens/v1/service.proto\"\x92\x01\n\x06Limits\x12\x11\n\tmax_nodes\x18\x01 \x01(\x04\x12\x12\n\nmax_tokens\x18\x02 \x01(\x04\x12\x1a\n\x12max_constant_bytes\x18\x03 \x01(\x04\x12\x18\n\x10max_result_bytes\x18\x04 \x01(\x04\x12\x17\n\x0fmax_sweep_cells\x18\x05 \x01(\x04\x12\x12\n\nallow_code\x18\x06 \x01(\x08\"\x85\x01\n\x10WorkerRunRequest\x12!\n\x05graph\x18\x01 \x01(\x0b\x32\x12.telelens.v1.Graph\x12#\n\x06limits\x18\x02 \x01(\x0b\x32\x13.telelens.v1.Limits\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\r\x12\x14\n\x0cinline_bytes\x18\x04 \x01(\x04\x32J\n\x06Worker\x12@\n\x03Run\x12\x1d.telelens.v1.WorkerRunRequest\x1a\x18.telelens.v1.RunResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18telelens/v1/worker.proto\x12\x0btelelens.v1\x1a\x17telelens/v1/graph.proto\x1a\x19telelens/v1/service.proto\"\x92\x01\n\x06Limits\x12\x11\n\tmax_nodes\x18\x01 \x01(\x04\x12\x12\n\nmax_tokens\x18\x02 \x01(\x04\x12\x1a\n\x12max_constant_bytes\x18\x03 \x01(\x04\x12\x18\n\x10max_result_bytes\x18\x04 \x01(\x04\x12\x17\n\x0fmax_sweep_cells\x18\x05 \x01(\x04\x12\x12\n\nallow_code\x18\x06 \x01(\x08\"\x9a\x01\n\x10WorkerRunRequest\x12!\n\x05graph\x18\x01 \x01(\x0b\x32\x12.telelens.v1.Graph\x12#\n\x06limits\x18\x02 \x01(\x0b\x32\x13.telelens.v1.Limits\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\r\x12\x14\n\x0cinline_bytes\x18\x04 \x01(\x04\x12\x13\n\x0b\x62\x61tch_bytes\x18\x05 \x01(\x04\x32J\n\x06Worker\x12@\n\x03Run\x12\x1d.telelens.v1.WorkerRunRequest\x1a\x18.telelens.v1.RunResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,7 +37,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LIMITS']._serialized_start=94
   _globals['_LIMITS']._serialized_end=240
   _globals['_WORKERRUNREQUEST']._serialized_start=243
-  _globals['_WORKERRUNREQUEST']._serialized_end=376
-  _globals['_WORKER']._serialized_start=378
-  _globals['_WORKER']._serialized_end=452
+  _globals['_WORKERRUNREQUEST']._serialized_end=397
+  _globals['_WORKER']._serialized_start=399
+  _globals['_WORKER']._serialized_end=473
 # @@protoc_insertion_point(module_scope)

@@ -25,13 +25,15 @@ class Limits(_message.Message):
     def __init__(self, max_nodes: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_constant_bytes: _Optional[int] = ..., max_result_bytes: _Optional[int] = ..., max_sweep_cells: _Optional[int] = ..., allow_code: _Optional[bool] = ...) -> None: ...
 
 class WorkerRunRequest(_message.Message):
-    __slots__ = ("graph", "limits", "chunk_bytes", "inline_bytes")
+    __slots__ = ("graph", "limits", "chunk_bytes", "inline_bytes", "batch_bytes")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     INLINE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
     graph: _graph_pb2.Graph
     limits: Limits
     chunk_bytes: int
     inline_bytes: int
-    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., chunk_bytes: _Optional[int] = ..., inline_bytes: _Optional[int] = ...) -> None: ...
+    batch_bytes: int
+    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., chunk_bytes: _Optional[int] = ..., inline_bytes: _Optional[int] = ..., batch_bytes: _Optional[int] = ...) -> None: ...

@@ -19,18 +19,25 @@ from telelens.server.worker import Chunk, Done, Header, Progress
 
 # The first byte of a serialized RunResponse is the tag of its one set `item` field
 # (field number << 3 | 2 for a length-delimited submessage).
-_RESULT_TAGS = frozenset({2 << 3 | 2, 3 << 3 | 2})  # header = 2, chunk = 3
-_DONE_TAG = 4 << 3 | 2
+_BATCH_TAG = 5 << 3 | 2  # a RunBatch holds a whole run: results and summary
+_RESULT_TAGS = frozenset({2 << 3 | 2, 3 << 3 | 2, _BATCH_TAG})  # header = 2, chunk = 3
+_LAST_TAGS = frozenset({4 << 3 | 2, _BATCH_TAG})  # done = 4
 
 
 def carries_result(message: bytes) -> bool:
-    """Whether a serialized ``RunResponse`` is a result's header or chunk (not progress or done)."""
+    """Whether a serialized ``RunResponse`` holds results (a header, chunk, or batch)."""
     return bool(message) and message[0] in _RESULT_TAGS
 
 
 def is_done(message: bytes) -> bool:
-    """Whether a serialized ``RunResponse`` is the run's summary, its last message."""
-    return bool(message) and message[0] == _DONE_TAG
+    """Whether a serialized ``RunResponse`` is the last of its run (the summary, or a batch)."""
+    return bool(message) and message[0] in _LAST_TAGS
+
+
+def batch(responses: Iterable[bytes]) -> bytes:
+    """Serialized ``RunResponse`` s as one ``RunResponse(batch=RunBatch(items=...))``, byte for byte."""
+    items = b"".join(b"".join((b"\x0a", _varint(len(r)), r)) for r in responses)  # RunBatch.items = 1
+    return b"".join((bytes((_BATCH_TAG,)), _varint(len(items)), items))
 
 
 def item_messages(item: Progress | Header | Chunk | Done, chunk_bytes: int) -> Iterator[bytes]:

@@ -114,6 +114,7 @@ class TelelensService(service_pb2_grpc.TelelensServicer):
             limits=limits_to_proto(limits),
             chunk_bytes=chunk,
             inline_bytes=self.config.inline_result_bytes,
+            batch_bytes=chunk if request.accept_batches else 0,
         )
         return graph, worker_request.SerializeToString()
 

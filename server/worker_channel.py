@@ -110,11 +110,19 @@ class WorkerChannel:
                 results, compute = yield from _each(execution, lambda p: messages.item_messages(p, chunk))
         except Failure as f:
             _abort(context, f)
-        if sum(data.nbytes for data, _, _ in results.values()) > request.inline_bytes:
+        total = sum(data.nbytes for data, _, _ in results.values())
+        if total > request.inline_bytes:
             context.set_trailing_metadata(((PARKED_KEY, self.park(results, compute)),))
             return
-        for item in self.worker.result_items(results, compute, stop):
-            yield from messages.item_messages(item, chunk)
+        out = (
+            m
+            for item in self.worker.result_items(results, compute, stop)
+            for m in messages.item_messages(item, chunk)
+        )
+        if total <= request.batch_bytes:  # a short run: one message, one write and one read per hop
+            yield messages.batch(out)
+        else:
+            yield from out
 
     # ------------------------------------------------------------------ parked results
     def park(self, results: dict[str, WireResult], compute_seconds: float) -> str:

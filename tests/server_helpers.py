@@ -85,7 +85,8 @@ class RunOutcome:
     progress: list[tuple[int, int]] = field(default_factory=list)
     chunks: int = 0
     summary: service_pb2.RunSummary | None = None
-    order: list[str] = field(default_factory=list)  # message kinds, in order
+    order: list[str] = field(default_factory=list)  # message kinds, in order (batches flattened)
+    batches: int = 0  # RunBatch messages among them
 
     def tensor(self, name: str) -> torch.Tensor:
         h = self.headers[name]
@@ -105,16 +106,23 @@ def run_graph(
     chunk_bytes: int = 0,
     timeout: float = 60,
     on_message: Any = None,
+    accept_batches: bool = False,
 ) -> RunOutcome:
     """Send ``graph``; reassemble every result from its chunks (each byte exactly once)."""
-    request = service_pb2.RunRequest(model=model, graph=codec.encode_graph(graph), chunk_bytes=chunk_bytes)
+    request = service_pb2.RunRequest(
+        model=model, graph=codec.encode_graph(graph), chunk_bytes=chunk_bytes, accept_batches=accept_batches
+    )
     out = RunOutcome()
     filled: dict[str, int] = {}
-    for message in stub.Run(request, metadata=auth(key), timeout=timeout):
+
+    def receive(message: service_pb2.RunResponse) -> None:
         kind = message.WhichOneof("item")
+        if kind == "batch":
+            out.batches += 1
+            for inner in message.batch.items:
+                receive(inner)
+            return
         out.order.append(kind)
-        if on_message is not None:
-            on_message(message)
         if kind == "progress":
             out.progress.append((message.progress.done, message.progress.total))
         elif kind == "header":
@@ -131,6 +139,11 @@ def run_graph(
             out.chunks += 1
         else:
             out.summary = message.done
+
+    for message in stub.Run(request, metadata=auth(key), timeout=timeout):
+        if on_message is not None:
+            on_message(message)
+        receive(message)
     assert out.summary is not None, "the stream ended without a RunSummary"
     for name, h in out.headers.items():
         assert filled[name] == h.nbytes, f"{name}: {filled[name]} of {h.nbytes} bytes arrived"

@@ -401,6 +401,24 @@ def test_small_results_come_in_the_workers_stream_large_ones_through_ray(server,
         assert out.chunks == -(-out.headers["l"].nbytes // (16 << 10)), path
 
 
+def test_a_short_run_comes_as_one_batch_to_a_client_that_accepts_them(stub, key, local) -> None:
+    small = ir.Graph((ir.Run(0, text=("w1 w2",)), ir.Read(1, 0, "logits"), ir.Save(2, ir.Ref(1), "l")))
+    out = run_graph(stub, small, key["full"], accept_batches=True)  # 1164 bytes: within one chunk
+    assert out.batches == 1 and out.order[-3:] == ["header", "chunk", "done"]
+    assert torch.equal(out.values["l"], local_execute(local, small)["l"])
+    assert run_graph(stub, small, key["full"]).batches == 0  # a client that did not ask: none
+    longer = ir.Graph(
+        (
+            ir.Run(0, text=("w1 w2 w3 w4 w5 w6 w7 w8",) * 8),
+            ir.Read(1, 0, "logits"),
+            ir.Save(2, ir.Ref(1), "l"),
+        )
+    )
+    out = run_graph(stub, longer, key["full"], chunk_bytes=4096, accept_batches=True)  # 27.9 KB: 7 chunks
+    assert out.batches == 0 and out.chunks == 7
+    assert torch.equal(out.values["l"], local_execute(local, longer)["l"])
+
+
 def test_worker_channel_needs_the_token_from_ray(server) -> None:
     import ray
 

@@ -401,6 +401,19 @@ def test_parked_results_expire(channel, monkeypatch) -> None:  # type: ignore[no
         channel.take(first)
 
 
+@pytest.mark.parametrize("sizes", [(), (0,), (5, 300, 70_000)])
+def test_batch_is_protobuf_byte_for_byte(sizes: tuple[int, ...]) -> None:
+    from telelens.server.messages import batch
+
+    responses = [
+        service_pb2.RunResponse(chunk=service_pb2.ResultChunk(name="x", offset=i, data=os.urandom(n)))
+        for i, n in enumerate(sizes)
+    ]
+    want = service_pb2.RunResponse(batch=service_pb2.RunBatch(items=responses))
+    got = batch(r.SerializeToString() for r in responses)
+    assert got == want.SerializeToString() and service_pb2.RunResponse.FromString(got) == want
+
+
 def test_limits_travel_to_the_worker_unchanged() -> None:
     from telelens.server.worker_channel import limits_from_proto, limits_to_proto
 
@@ -424,10 +437,11 @@ def test_message_kinds_are_told_from_their_first_byte() -> None:
         "header": service_pb2.RunResponse(header=service_pb2.ResultHeader(name="x")),
         "chunk": service_pb2.RunResponse(chunk=service_pb2.ResultChunk()),
         "done": service_pb2.RunResponse(done=service_pb2.RunSummary(result_bytes=3)),
+        "batch": service_pb2.RunResponse(batch=service_pb2.RunBatch()),  # a whole run: results and done
     }
     for kind, message in kinds.items():
-        assert carries_result(message.SerializeToString()) == (kind in ("header", "chunk")), kind
-        assert is_done(message.SerializeToString()) == (kind == "done"), kind
+        assert carries_result(message.SerializeToString()) == (kind in ("header", "chunk", "batch")), kind
+        assert is_done(message.SerializeToString()) == (kind in ("done", "batch")), kind
     assert not carries_result(b"") and not is_done(b"")
 
 
