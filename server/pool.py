@@ -37,6 +37,8 @@ BACKPRESSURE_OBJECTS = 4
 """Chunks a worker may have produced ahead of the front door (bounds memory per request)."""
 PREFETCH_BATCHES = 1
 """Batches the front door holds fetched ahead of the one it is sending."""
+ACTOR_THREADS = 4
+"""Ray calls a worker actor serves at once (pings, model info, collections of parked results)."""
 ALIVE_SECONDS = 10.0
 """How long a worker whose channel broke may take to answer a ping before it counts as dead."""
 
@@ -115,7 +117,14 @@ class WorkerPool:
         await asyncio.gather(*(ready(m, r) for m in self._models.values() for r in m.replicas))
 
     async def _new_replica(self, model: ModelConfig, index: int, pg: Any = None) -> Replica:
-        options: dict[str, Any] = {"num_cpus": model.num_cpus, "num_gpus": model.num_gpus, "max_restarts": 0}
+        options: dict[str, Any] = {
+            "num_cpus": model.num_cpus,
+            "num_gpus": model.num_gpus,
+            "max_restarts": 0,
+            # Runs arrive on the worker's channel; these threads only answer pings and hand out
+            # parked results, so a long collection never delays a liveness check.
+            "max_concurrency": ACTOR_THREADS,
+        }
         if model.num_gpus > 1:  # one replica on several GPUs: reserve them together, on one node
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy

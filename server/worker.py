@@ -367,9 +367,9 @@ class RayModelWorker(ModelWorker):
     """The actor body: ``ray.remote(RayModelWorker).options(num_cpus=..., num_gpus=...)``.
 
     Runs arrive on the worker's own gRPC channel (:class:`~telelens.server.worker_channel.WorkerChannel`,
-    at :meth:`endpoint`); Ray calls the rest: :meth:`info`, :meth:`ping`, and
-    :meth:`stream_results` for results too large for that channel. Torch gets as many threads
-    as the replica has CPUs, all of its work on the one compute thread.
+    at :meth:`endpoint`); Ray calls the rest, several at once (``max_concurrency``): :meth:`info`,
+    :meth:`ping`, and :meth:`stream_results` for results too large for that channel. Torch gets
+    as many threads as the replica has CPUs, all of its work on the one compute thread.
     """
 
     def __init__(self, model: ModelConfig, *args: Any, **kwargs: Any) -> None:
