@@ -270,7 +270,11 @@ def small_request(local: Any, remote: Any, reps: int) -> None:
     for base in names[:2]:
         over = (min(small["remote"]) - min(small[base])) * 1e3
         med = (statistics.median(small["remote"]) - statistics.median(small[base])) * 1e3
-        print(f"remote - {base}: {over:.2f} ms (min), {med:.2f} ms (median)")
+        paired = statistics.median(r - b for r, b in zip(small["remote"], small[base])) * 1e3
+        print(
+            f"remote - {base}: {over:.2f} ms (min), {med:.2f} ms (median), "
+            f"{paired:.2f} ms (median of the rounds' differences)"
+        )
     build = client_build_ms(remote)
     call = statistics.median(r.seconds for r in small_runs[1:]) * 1e3
     first = statistics.median(r.first_result_s for r in small_runs[1:]) * 1e3
