@@ -11,6 +11,7 @@ ones are *parked* on the worker and collected by the front door through Ray's ob
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import logging
 import secrets
@@ -18,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
@@ -47,28 +47,14 @@ SERVER_THREADS = 8
 
 
 def limits_to_proto(limits: ir.Limits) -> worker_pb2.Limits:
-    return worker_pb2.Limits(
-        max_nodes=limits.max_nodes,
-        max_tokens=limits.max_tokens,
-        max_constant_bytes=limits.max_constant_bytes,
-        max_result_bytes=limits.max_result_bytes,
-        max_sweep_cells=limits.max_sweep_cells,
-        allow_code=limits.allow_code,
-    )
+    return worker_pb2.Limits(**dataclasses.asdict(limits))  # the message's fields are ir.Limits's
 
 
 def limits_from_proto(message: worker_pb2.Limits) -> ir.Limits:
-    return ir.Limits(
-        max_nodes=message.max_nodes,
-        max_tokens=message.max_tokens,
-        max_constant_bytes=message.max_constant_bytes,
-        max_result_bytes=message.max_result_bytes,
-        max_sweep_cells=message.max_sweep_cells,
-        allow_code=message.allow_code,
-    )
+    return ir.Limits(**{f.name: getattr(message, f.name) for f in dataclasses.fields(ir.Limits)})
 
 
-@dataclass
+@dataclasses.dataclass
 class ParkedRun:
     results: dict[str, WireResult]
     compute_seconds: float
