@@ -34,6 +34,26 @@ def is_done(message: bytes) -> bool:
     return bool(message) and message[0] in _LAST_TAGS
 
 
+def batched(responses: Iterable[bytes], limit: int) -> Iterator[bytes]:
+    """A run's remaining ``responses``: as one :func:`batch` if it stays within ``limit`` bytes
+    (a short run: one write and one read per hop instead of three or more), else as they are."""
+    pending: list[bytes] = []
+    size = 0
+    it = iter(responses)
+    for message in it:
+        size += len(message) + _ITEM_FRAMING
+        if size > limit:
+            yield from pending
+            yield message
+            yield from it
+            return
+        pending.append(message)
+    yield batch(pending)
+
+
+_ITEM_FRAMING = 6  # a RunBatch item's tag and length: at most 1 + 5 bytes
+
+
 def batch(responses: Iterable[bytes]) -> bytes:
     """Serialized ``RunResponse`` s as one ``RunResponse(batch=RunBatch(items=...))``, byte for byte."""
     items = b"".join(b"".join((b"\x0a", _varint(len(r)), r)) for r in responses)  # RunBatch.items = 1

@@ -105,10 +105,7 @@ class WorkerChannel:
             for item in self.worker.result_items(results, compute, stop)
             for m in messages.item_messages(item, chunk)
         )
-        if total <= request.batch_bytes:  # a short run: one message, one write and one read per hop
-            yield messages.batch(out)
-        else:
-            yield from out
+        yield from messages.batched(out, request.batch_bytes)
 
     # ------------------------------------------------------------------ parked results
     def park(self, results: dict[str, WireResult], compute_seconds: float) -> str:

@@ -414,6 +414,17 @@ def test_batch_is_protobuf_byte_for_byte(sizes: tuple[int, ...]) -> None:
     assert got == want.SerializeToString() and service_pb2.RunResponse.FromString(got) == want
 
 
+def test_batched_keeps_a_batch_within_its_limit() -> None:
+    from telelens.server.messages import batch, batched
+
+    responses = [bytes([0x1A]) + bytes(100), bytes([0x1A]) + bytes(200), bytes([0x22, 0])]
+    whole = batch(responses)
+    assert list(batched(responses, len(whole) + 20)) == [whole]  # framing counted generously
+    assert list(batched(responses, 150)) == responses  # over the limit: as they are, in order
+    assert list(batched(responses, 0)) == responses  # 0: never batched
+    assert list(batched(iter(responses), 1 << 20)) == [whole]
+
+
 def test_limits_travel_to_the_worker_unchanged() -> None:
     from telelens.server.worker_channel import limits_from_proto, limits_to_proto
 
