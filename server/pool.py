@@ -232,12 +232,12 @@ class WorkerPool:
                         return
                 parked = dict(await call.trailing_metadata() or ()).get(worker_channel.PARKED_KEY)
                 if parked:  # too large for the channel: collected through Ray's object store
-                    started_results = True
                     self.stats["collected"] += 1
                     collected = actor.stream_results.options(
                         num_returns="streaming", _generator_backpressure_num_objects=BACKPRESSURE_OBJECTS
                     ).remote(parked)
                     async for message in _collect(collected, chunk_bytes, deadline):
+                        started_results = started_results or messages.carries_result(message)
                         yield message
                     finished = True
                     return
