@@ -29,6 +29,13 @@ class Failure(Exception):
         return f"{self.code}: {self.message}"
 
 
+def trailing_metadata(failure: Failure) -> tuple[tuple[str, bytes], ...]:
+    """What travels beside ``failure``'s status: a refused graph's serialized ``GraphErrors``."""
+    if not failure.errors:
+        return ()
+    return ((codec.GRAPH_ERRORS_KEY, codec.errors_to_proto(failure.errors).SerializeToString()),)
+
+
 def unbounded(limits: ir.Limits) -> ir.Limits:
     """``limits`` with every size ceiling lifted (``allow_code`` kept: it is a permission, not a size)."""
     return dataclasses.replace(

@@ -18,7 +18,7 @@ from typing import NoReturn
 import grpc
 
 import telelens
-from telelens.protos import codec, ir, service_pb2, service_pb2_grpc, worker_pb2
+from telelens.protos import ir, service_pb2, service_pb2_grpc, worker_pb2
 from telelens.server import failures, messages
 from telelens.server.auth import ApiKey, AuthError, KeyStore
 from telelens.server.config import CHUNK_OVERHEAD, ServeConfig
@@ -120,10 +120,11 @@ class TelelensService(service_pb2_grpc.TelelensServicer):
 
     @staticmethod
     async def _fail(context: grpc.aio.ServicerContext, failure: Failure) -> NoReturn:
-        metadata: tuple[tuple[str, bytes], ...] = ()
-        if failure.errors:
-            metadata = ((codec.GRAPH_ERRORS_KEY, codec.errors_to_proto(failure.errors).SerializeToString()),)
-        await context.abort(grpc.StatusCode[failure.code], failure.message, trailing_metadata=metadata)
+        await context.abort(
+            grpc.StatusCode[failure.code],
+            failure.message,
+            trailing_metadata=failures.trailing_metadata(failure),
+        )
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ RPCs

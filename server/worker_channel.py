@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
-from telelens.protos import codec, ir, worker_pb2
-from telelens.server import messages
+from telelens.protos import ir, worker_pb2
+from telelens.server import failures, messages
 from telelens.server.failures import Failure
 
 if TYPE_CHECKING:
@@ -141,10 +141,7 @@ def _each(
 
 
 def _abort(context: grpc.ServicerContext, failure: Failure) -> None:
-    metadata: list[tuple[str, str | bytes]] = [(FAILURE_KEY, "1")]
-    if failure.errors:
-        metadata.append((codec.GRAPH_ERRORS_KEY, codec.errors_to_proto(failure.errors).SerializeToString()))
-    context.set_trailing_metadata(tuple(metadata))
+    context.set_trailing_metadata(((FAILURE_KEY, "1"), *failures.trailing_metadata(failure)))
     context.abort(grpc.StatusCode[failure.code], failure.message)
 
 
