@@ -124,6 +124,11 @@ def parse_run_response(raw: bytes) -> service_pb2.RunResponse | Chunk | Malforme
         msg = service_pb2.RunResponse.FromString(raw)
     except Exception as e:  # a DecodeError, whatever protobuf calls it
         return Malformed(f"undecodable Run response ({len(raw)} bytes): {e}")
+    return response_item(msg)
+
+
+def response_item(msg: service_pb2.RunResponse) -> service_pb2.RunResponse | Chunk:
+    """A parsed ``RunResponse`` as the assembler takes it: a chunk as a :class:`Chunk`."""
     if msg.WhichOneof("item") == "chunk":
         c = msg.chunk
         return Chunk(c.name, c.offset, memoryview(c.data))

@@ -30,7 +30,7 @@ import grpc.experimental
 
 from telelens.client import errors
 from telelens.client.progress import TRANSFER_THRESHOLD, CallProgress
-from telelens.client.results import Chunk, Malformed, ResultAssembler, parse_run_response
+from telelens.client.results import Chunk, Malformed, ResultAssembler, parse_run_response, response_item
 from telelens.protos import codec, graph_pb2, ir, service_pb2
 
 if TYPE_CHECKING:
@@ -427,8 +427,6 @@ class Transport:
                     first_result = time.monotonic()
                     stats.first_result_s = first_result - start
                 bars.announce(assembler.header(item.header))
-            elif kind == "chunk":  # inside a batch (top-level chunks are parsed by hand)
-                assembler.chunk(Chunk(item.chunk.name, item.chunk.offset, memoryview(item.chunk.data)))
             elif kind == "progress":
                 p = item.progress
                 stats.progress.append((p.done, p.total, p.stage))
@@ -438,7 +436,7 @@ class Transport:
                 stats.worker = item.done.worker
             elif kind == "batch":
                 for inner in item.batch.items:
-                    receive(inner)
+                    receive(response_item(inner))
             # an unknown item (a newer server): ignored, fields are only ever added
 
         try:
