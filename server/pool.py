@@ -243,14 +243,14 @@ class WorkerPool:
                     return
                 raise Failure("INTERNAL", f"{where} ended a run without its summary or parked results")
             except asyncio.TimeoutError:  # not finished: the finally below stops the worker's work
-                raise Failure("DEADLINE_EXCEEDED", "the run did not finish before its deadline") from None
+                raise _past_deadline() from None
             except grpc.aio.AioRpcError as e:
                 finished = True  # the call has ended; nothing to cancel
                 failure = _worker_failure(e)
                 if failure is not None:
                     raise failure from None
                 if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise Failure("DEADLINE_EXCEEDED", "the run did not finish before its deadline") from None
+                    raise _past_deadline() from None
                 if await self._alive(actor):
                     raise Failure("UNAVAILABLE", f"lost the stream from {where}: {e.details()}") from None
                 dead: BaseException = e
@@ -284,6 +284,10 @@ class WorkerPool:
             return True
         except (self._ray.exceptions.RayActorError, asyncio.TimeoutError):
             return False
+
+
+def _past_deadline() -> Failure:
+    return Failure("DEADLINE_EXCEEDED", "the run did not finish before its deadline")
 
 
 def _left(deadline: float, loop: asyncio.AbstractEventLoop) -> float:
