@@ -187,8 +187,8 @@ def raw_receive(port: int, nbytes: int) -> float:
 
 def client_build_ms(remote: Any) -> float:
     """The client's own work for the small request: tokenize, build the graph, encode the request."""
-    from telelens.client import builders
     from telelens.protos import codec, service_pb2
+    from telelens.trace import builders
 
     start, n = time.perf_counter(), 200
     for _ in range(n):
@@ -231,8 +231,8 @@ def cache_variants(
     """``run_with_cache(model_input, names_filter, return_type=None)`` three ways: the local
     HookedTransformer, local mode (the same graph on the in-process executor; text is tokenized
     inside the call, as remotely) and remote (each call's RunStats appended to ``runs``)."""
-    from telelens.client import builders
     from telelens.core.graph.local import LocalBackend
+    from telelens.trace import builders
 
     backend = LocalBackend(local)
 

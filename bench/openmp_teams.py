@@ -25,12 +25,12 @@ PROMPT = "The Eiffel Tower is in the city of"
 def main() -> None:
     import torch
 
-    from telelens.client import builders
     from telelens.core.graph import execute
     from telelens.core.graph.hooks import hook_table
     from telelens.core.hooked_transformer import HookedTransformer
     from telelens.core.loading.resolve import bundled_gguf
     from telelens.protos import ir
+    from telelens.trace import builders
 
     order = (sys.argv[1] if len(sys.argv) > 1 else "main,pool,main").split(",")
     torch.set_num_threads(2)

@@ -11,8 +11,6 @@ transformers or ``telelens.core``, and gRPC only once :func:`connect` is called,
 can drive a remote model with a light install.
 """
 
-from telelens.client import builders, ops, patching
-from telelens.client.backend import GraphBackend
 from telelens.client.errors import (
     AuthenticationError,
     IncompatibleServerError,
@@ -27,10 +25,12 @@ from telelens.client.errors import (
     ServerError,
     ServerUnavailableError,
 )
-from telelens.client.graph import GraphBuilder, UnknownHookError
-from telelens.client.proxies import HookProxy, RunProxy, Saved, ValueProxy, WeightProxy
 from telelens.client.remote import RemoteModel, connect, list_models, model_info
-from telelens.client.tracing import Tracer
+from telelens.trace import builders, ops, patching
+from telelens.trace.backend import GraphBackend
+from telelens.trace.graph import GraphBuilder, UnknownHookError
+from telelens.trace.proxies import HookProxy, RunProxy, Saved, ValueProxy, WeightProxy
+from telelens.trace.tracing import Tracer
 
 __all__ = [
     "AuthenticationError",

@@ -1,7 +1,7 @@
 """RemoteModel: a HookedTransformer-shaped handle on a model served by a telelens server.
 
 ``telelens.connect("grpc://host:50051", model="smollm2-135m")`` returns one. It is a
-:class:`~telelens.client.backend.GraphBackend` (``execute`` sends a graph, results stream
+:class:`~telelens.trace.backend.GraphBackend` (``execute`` sends a graph, results stream
 back) and offers the HookedTransformer surface that makes sense at a distance:
 ``cfg``, ``hook_names``, ``tokenizer`` and ``to_tokens``/``to_str_tokens``/... (tokenized here,
 exactly as the core does), ``run_with_cache`` (an ``ActivationCache``), ``run_with_hooks``
@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from telelens.client import builders
 from telelens.client.tokenizer import RemoteTokenizer
-from telelens.client.tracing import Tracer
+from telelens.lens.tokens import TokenMethods
 from telelens.protos import ir
-from telelens.tokens import TokenMethods
+from telelens.trace import builders
+from telelens.trace.tracing import Tracer
 
 if TYPE_CHECKING:
     from telelens.client.transport import RetryPolicy, Transport
-    from telelens.core.activation_cache import ActivationCache
-    from telelens.core.factored_matrix import FactoredMatrix
+    from telelens.lens.activation_cache import ActivationCache
+    from telelens.lens.factored_matrix import FactoredMatrix
     from telelens.protos import service_pb2
 
 ModelInput = str | Sequence[str] | torch.Tensor
@@ -135,7 +135,7 @@ class _Blocks(Sequence[_BlockView]):
 class _RemoteNorm:
     """``model.ln_final`` on the client: the server's norm with its weights (``ln_final.w`` and
     ``ln_final.b``, fetched on first use), for ``apply_ln`` at the final layer (the logit lens),
-    computed by the core's own :func:`~telelens.core.components.norm.normalize`."""
+    computed by the core's own :func:`~telelens.lens.norm.normalize`."""
 
     def __init__(self, model: RemoteModel) -> None:
         self.model = model
@@ -151,7 +151,7 @@ class _RemoteNorm:
         return iter(w for w in self._weights() if w is not None)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from telelens.core.components.norm import normalize  # pure torch, imported on use
+        from telelens.lens.norm import normalize
 
         return normalize(x, self.kind, *self._weights(), self.eps)
 
@@ -245,7 +245,7 @@ class RemoteModel(TokenMethods):
         return [f"L{layer}H{head}" for layer in range(self.cfg.n_layers) for head in range(self.cfg.n_heads)]
 
     # ------------------------------------------------------------------ tokenization
-    # to_tokens, to_str_tokens, to_single_token, ...: telelens.tokens.TokenMethods, shared with the
+    # to_tokens, to_str_tokens, to_single_token, ...: telelens.lens.tokens.TokenMethods, shared with the
     # local HookedTransformer, so both tokenize identically (tokens stay on the CPU here).
 
     def _prepare(
@@ -299,7 +299,7 @@ class RemoteModel(TokenMethods):
         )  # fmt: skip
         if not return_cache_object:
             return output, cache
-        from telelens.core.activation_cache import ActivationCache
+        from telelens.lens.activation_cache import ActivationCache
 
         return output, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
 
@@ -316,7 +316,7 @@ class RemoteModel(TokenMethods):
         allow_code: bool = False,
         **kwargs: Any,
     ) -> torch.Tensor | None:
-        """The output with ``fwd_hooks`` applied, each a declarative op from ``telelens.client.ops``.
+        """The output with ``fwd_hooks`` applied, each a declarative op from ``telelens.trace.ops``.
 
         Python functions run as code on the server: they need ``allow_code=True`` and a key
         that may send code. ``metric=ops.logit_diff(...)`` returns only the metric.
@@ -375,9 +375,9 @@ class RemoteModel(TokenMethods):
         Each step sends the whole sequence so far (the server keeps no state between
         requests, so ``use_past_kv_cache`` is accepted and ignored) and brings back only the
         next token (greedy: the argmax is taken on the server) or the last position's logits
-        (sampling, done here). The loop is the core's (``telelens.generation``).
+        (sampling, done here). The loop is the core's (``telelens.lens.generation``).
         """
-        from telelens.generation import generation_loop
+        from telelens.lens.generation import generation_loop
 
         def step(
             all_tokens: torch.Tensor,
@@ -403,8 +403,8 @@ class RemoteModel(TokenMethods):
         tokens: torch.Tensor, mask: torch.Tensor | None, greedy: bool
     ) -> tuple[ir.Graph, builders.Decode]:
         """One generation step: the last position's logits [batch, d_vocab_out], or their argmax."""
-        from telelens.client.graph import GraphBuilder
-        from telelens.client.proxies import make_run, save
+        from telelens.trace.graph import GraphBuilder
+        from telelens.trace.proxies import make_run, save
 
         builder = GraphBuilder()
         last = make_run(builder, tokens, attention_mask=mask).logits[:, -1]
@@ -526,13 +526,13 @@ class RemoteModel(TokenMethods):
     @property
     def QK(self) -> FactoredMatrix:
         """[n_layers, n_heads, d_model, d_model] as a FactoredMatrix (core's, imported on use)."""
-        from telelens.core.factored_matrix import FactoredMatrix
+        from telelens.lens.factored_matrix import FactoredMatrix
 
         return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
 
     @property
     def OV(self) -> FactoredMatrix:
-        from telelens.core.factored_matrix import FactoredMatrix
+        from telelens.lens.factored_matrix import FactoredMatrix
 
         return FactoredMatrix(self.W_V, self.W_O)
 

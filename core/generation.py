@@ -1,4 +1,4 @@
-"""``HookedTransformer.generate``: the shared token loop (``telelens.generation``) around a
+"""``HookedTransformer.generate``: the shared token loop (``telelens.lens.generation``) around a
 KV-cached forward step in this process."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from telelens.generation import generation_loop, sample_logits
+from telelens.lens.generation import generation_loop, sample_logits
 
 if TYPE_CHECKING:
     from telelens.core.hooked_transformer import HookedTransformer, ModelInput
@@ -22,7 +22,7 @@ def generate(
     use_past_kv_cache: bool = True,
     **kwargs: Any,
 ) -> Any:
-    """TransformerLens's ``generate`` (see :func:`telelens.generation.generation_loop` for the
+    """TransformerLens's ``generate`` (see :func:`telelens.lens.generation.generation_loop` for the
     options). With ``use_past_kv_cache`` each step runs only the new tokens through the model."""
     from telelens.core.hooked_transformer import HookedTransformerKeyValueCache
 

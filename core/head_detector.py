@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 
-from telelens.core.utils import is_lower_triangular, is_square
+from telelens.lens.utils import is_lower_triangular, is_square
 
 if TYPE_CHECKING:
     from telelens.core.hooked_transformer import HookedTransformer

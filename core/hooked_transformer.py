@@ -14,12 +14,12 @@ from telelens.core import devices
 from telelens.core.components import Embed, Norm, PosEmbed, Rotary, TransformerBlock, Unembed
 from telelens.core.components.attention import AttentionContext, LayerKVCache
 from telelens.core.config import HookedTransformerConfig
-from telelens.core.factored_matrix import FactoredMatrix
 from telelens.core.hook_points import HookedRootModule, HookPoint
-from telelens.tokens import TokenMethods
+from telelens.lens.factored_matrix import FactoredMatrix
+from telelens.lens.tokens import TokenMethods
 
 if TYPE_CHECKING:
-    from telelens.core.activation_cache import ActivationCache
+    from telelens.lens.activation_cache import ActivationCache
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class HookedTransformer(TokenMethods, HookedRootModule):
         return torch.device("cpu")
 
     # ------------------------------------------------------------------ tokenization
-    # to_tokens, to_str_tokens, to_single_token, ...: telelens.tokens.TokenMethods (shared with RemoteModel)
+    # to_tokens, to_str_tokens, to_single_token, ...: telelens.lens.tokens.TokenMethods (shared with RemoteModel)
     def _tokens_device(self) -> torch.device:
         return self._module_device(self.embed)
 
@@ -431,7 +431,7 @@ class HookedTransformer(TokenMethods, HookedRootModule):
 
     # ------------------------------------------------------------------ caching
     def _make_cache(self, cache_dict: dict[str, torch.Tensor], has_batch_dim: bool) -> ActivationCache:
-        from telelens.core.activation_cache import ActivationCache
+        from telelens.lens.activation_cache import ActivationCache
 
         return ActivationCache(cache_dict, self, has_batch_dim=has_batch_dim)
 
@@ -472,8 +472,8 @@ class HookedTransformer(TokenMethods, HookedRootModule):
                 diff = t.save(corrupt.logits[0, -1, paris] - corrupt.logits[0, -1, rome])
             diff.value
         """
-        from telelens.client.tracing import Tracer
         from telelens.core.graph.local import LocalBackend
+        from telelens.trace.tracing import Tracer
 
         return Tracer(LocalBackend(self), allow_code=allow_code)
 
@@ -637,6 +637,6 @@ class HookedTransformer(TokenMethods, HookedRootModule):
 
     def hook_shapes(self) -> dict[str, tuple[str, ...]]:
         """Every hook name with its TransformerLens shape pattern (dims by name)."""
-        from telelens.core.hook_shapes import hook_shape_pattern
+        from telelens.lens.hook_shapes import hook_shape_pattern
 
         return {name: hook_shape_pattern(name) for name in self.hook_dict}

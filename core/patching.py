@@ -41,7 +41,7 @@ from telelens.core.sweeps import PatchSite, SweepOptions, SweepUnsupported, swee
 from telelens.core.sweeps.ablation import AblationKind, AblationOver, ablation_sweep
 from telelens.core.sweeps.attribution import AttributionResult, attribution_patch
 from telelens.core.sweeps.metric import LogitPositions
-from telelens.core.utils import get_act_name
+from telelens.lens.utils import get_act_name
 
 if TYPE_CHECKING:
     from telelens.core.hooked_transformer import HookedTransformer

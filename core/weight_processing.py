@@ -32,7 +32,7 @@ from torch import nn
 from telelens.core.components.attention import Attention
 from telelens.core.components.norm import Norm
 from telelens.core.config import HookedTransformerConfig
-from telelens.core.factored_matrix import FactoredMatrix
+from telelens.lens.factored_matrix import FactoredMatrix
 
 if TYPE_CHECKING:
     from telelens.core.hooked_transformer import HookedTransformer

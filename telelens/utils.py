@@ -1,7 +1,7 @@
-"""``telelens.utils`` is ``telelens.core.utils`` (TransformerLens's import path kept working)."""
+"""``telelens.utils`` is ``telelens.lens.utils`` (TransformerLens's import path kept working)."""
 
 import sys
 
-from telelens.core import utils as _impl
+from telelens.lens import utils as _impl
 
 sys.modules[__name__] = _impl

@@ -7,9 +7,9 @@ import logging
 import pytest
 import torch
 
-from telelens.core.activation_cache import ActivationCache
 from telelens.core.config import HookedTransformerConfig
 from telelens.core.hooked_transformer import HookedTransformer
+from telelens.lens.activation_cache import ActivationCache
 
 DT = torch.float64
 N_LAYERS, D_MODEL, N_HEADS, D_MLP, D_VOCAB = 3, 16, 4, 24, 50

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from telelens.client import Tracer, UnknownHookError, builders, ops
-from telelens.client.graph import GraphBuilder, referenced_ids
-from telelens.client.proxies import MODEL_WEIGHTS, STACKED_WEIGHTS, make_run
 from telelens.core.config import HookedTransformerConfig
 from telelens.core.graph.local import LocalBackend
 from telelens.core.hooked_transformer import HookedTransformer
 from telelens.protos import ir
+from telelens.trace.graph import GraphBuilder, referenced_ids
+from telelens.trace.proxies import MODEL_WEIGHTS, STACKED_WEIGHTS, make_run
 
 # ---------------------------------------------------------------------------------------- helpers
 N_LAYERS = 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from telelens.core.factored_matrix import FactoredMatrix
+from telelens.lens.factored_matrix import FactoredMatrix
 
 DT = torch.float64
 

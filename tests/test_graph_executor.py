@@ -18,7 +18,7 @@ from telelens.core.graph.hooks import hook_table
 from telelens.core.graph.plan import RunGroup, make_plan
 from telelens.core.graph.validate import check
 from telelens.core.hooked_transformer import HookedTransformer
-from telelens.core.utils import get_act_name
+from telelens.lens.utils import get_act_name
 from telelens.protos import ir
 from telelens.protos.ir import ELLIPSIS, NEW_AXIS, Ref, Slice
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from telelens.core import head_detector as hd
-from telelens.core import utils
 from telelens.core.config import HookedTransformerConfig
 from telelens.core.hooked_transformer import HookedTransformer
+from telelens.lens import utils
 
 CORPUS = [
     "Why did the elephant cross the road",

@@ -6,8 +6,8 @@ import pytest
 import torch
 from tiny_models import GPT2, LLAMA_GQA, NEOX_PARALLEL, tiny_model
 
-from telelens.core.hook_shapes import hook_shape_pattern
 from telelens.core.hooked_transformer import HookedTransformer, HookedTransformerKeyValueCache
+from telelens.lens.hook_shapes import hook_shape_pattern
 
 ARCHS = {
     "gpt2": GPT2,

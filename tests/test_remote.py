@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import telelens
+import telelens.client.transport as transport_mod
 from telelens.client import (
     AuthenticationError,
     GraphBackend,
@@ -33,7 +34,6 @@ from telelens.client import (
     builders,
     ops,
 )
-from telelens.client import transport as transport_mod
 from telelens.client.results import Chunk, ResultAssembler, parse_run_response
 from telelens.client.transport import RetryPolicy, Transport, parse_target
 from telelens.protos import ir, service_pb2

@@ -28,7 +28,7 @@ from telelens.core.sweeps import PatchSite, SweepOptions, SweepUnsupported, swee
 from telelens.core.sweeps.metric import probe_positions
 from telelens.core.sweeps.schedule import make_chunks
 from telelens.core.sweeps.sites import plan_site
-from telelens.core.utils import get_act_name
+from telelens.lens.utils import get_act_name
 
 TOL = 1e-5
 

@@ -18,7 +18,7 @@ from sweep_setup import (
 )
 
 from telelens.core import patching
-from telelens.core.utils import get_act_name
+from telelens.lens.utils import get_act_name
 
 TOL = 1e-5
 

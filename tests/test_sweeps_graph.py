@@ -1,6 +1,6 @@
 """The Sweep graph node on the batched engine: graph grid == local engine == naive loop.
 
-Built with the declarative client API (``telelens.client.patching.sweep``, an ``ops`` metric
+Built with the declarative client API (``telelens.trace.patching.sweep``, an ``ops`` metric
 evaluated on the worker) and run through ``LocalBackend``, as a remote model would run it.
 """
 
@@ -11,7 +11,6 @@ import torch
 
 from telelens.client import ops
 from telelens.client import patching as client_patching
-from telelens.client.tracing import Tracer
 from telelens.core import patching
 from telelens.core.config import HookedTransformerConfig
 from telelens.core.graph.execute import execute
@@ -20,6 +19,7 @@ from telelens.core.graph.sweep import run_sweep, run_sweep_naive, sweep_geometry
 from telelens.core.graph.validate import check
 from telelens.core.hooked_transformer import HookedTransformer
 from telelens.protos import ir
+from telelens.trace.tracing import Tracer
 
 N_LAYERS, N_HEADS, POS, BATCH, VOCAB = 3, 4, 6, 2, 50
 TOL = 1e-5

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from telelens.core.utils import Slice, get_act_name, remove_batch_dim, to_numpy
+from telelens.lens.utils import Slice, get_act_name, remove_batch_dim, to_numpy
 
 CASES = [
     (("pattern", 3), "blocks.3.attn.hook_pattern"),

@@ -17,8 +17,8 @@ from torch import nn
 
 from telelens.core.components.rotary import apply_rotary
 from telelens.core.config import HookedTransformerConfig
-from telelens.core.factored_matrix import FactoredMatrix
 from telelens.core.hook_points import HookPoint
+from telelens.lens.factored_matrix import FactoredMatrix
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from telelens.core.hook_shapes import hook_shape_pattern
+from telelens.lens.hook_shapes import hook_shape_pattern
 from telelens.protos import ir
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class LocalBackend:
-    """A :class:`telelens.client.backend.GraphBackend` over a model in this process."""
+    """A :class:`telelens.trace.backend.GraphBackend` over a model in this process."""
 
     def __init__(self, model: HookedTransformer, limits: ir.Limits | None = None) -> None:
         self.model = model

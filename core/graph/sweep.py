@@ -24,7 +24,7 @@ import torch
 
 from telelens.core.graph.hooks import HookTable, hook_dims, hook_error
 from telelens.core.sweeps import PatchSite, SweepUnsupported, sweep_sites
-from telelens.core.utils import get_act_name
+from telelens.lens.utils import get_act_name
 from telelens.protos import ir
 
 if TYPE_CHECKING:

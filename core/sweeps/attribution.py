@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from telelens.core.hook_shapes import hook_shape_pattern
-from telelens.core.utils import get_act_name
+from telelens.lens.hook_shapes import hook_shape_pattern
+from telelens.lens.utils import get_act_name
 
 if TYPE_CHECKING:
     from telelens.core.hooked_transformer import HookedTransformer

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 
 from telelens.core.components.attention import AttentionContext, LayerKVCache
 from telelens.core.components.rotary import apply_rotary
-from telelens.core.hook_shapes import hook_shape_pattern
 from telelens.core.sweeps.corrupted import CorruptedRun, record_corrupted
 from telelens.core.sweeps.metric import LogitPositions, Metric, MetricBuffer, resolve_positions
 from telelens.core.sweeps.schedule import (
@@ -52,6 +51,7 @@ from telelens.core.sweeps.sites import (
     plan_site,
     pos_dim,
 )
+from telelens.lens.hook_shapes import hook_shape_pattern
 
 if TYPE_CHECKING:
     from telelens.core.hooked_transformer import HookedTransformer

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from telelens.core.hook_shapes import hook_shape_pattern
+from telelens.lens.hook_shapes import hook_shape_pattern
 
 if TYPE_CHECKING:
     from telelens.core.hooked_transformer import HookedTransformer

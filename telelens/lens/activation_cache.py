@@ -16,14 +16,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import ItemsView, Iterator, KeysView, ValuesView
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import torch
 
-from telelens.core.utils import Slice, SliceInput, as_slice, get_act_name, warn_if_mps
-
-if TYPE_CHECKING:
-    from telelens.core.hooked_transformer import HookedTransformer
+from telelens.lens.utils import Slice, SliceInput, as_slice, get_act_name, warn_if_mps
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +61,7 @@ class ActivationCache:
 
     def __init__(self, cache_dict: dict[str, torch.Tensor], model: Any, has_batch_dim: bool = True) -> None:
         self.cache_dict = cache_dict
-        self.model: HookedTransformer = model
+        self.model: Any = model
         self.has_batch_dim = has_batch_dim
         self.has_embed = "hook_embed" in cache_dict
         self.has_pos_embed = "hook_pos_embed" in cache_dict

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from telelens.client.backend import GraphBackend
-from telelens.client.graph import GraphBuilder, UnknownHookError, hook_suggestions
-from telelens.client.ops import HookOp, Metric
-from telelens.client.ops import python as python_op
-from telelens.client.proxies import RunProxy, ValueProxy, make_run, save
 from telelens.protos import ir
+from telelens.trace.backend import GraphBackend
+from telelens.trace.graph import GraphBuilder, UnknownHookError, hook_suggestions
+from telelens.trace.ops import HookOp, Metric
+from telelens.trace.ops import python as python_op
+from telelens.trace.proxies import RunProxy, ValueProxy, make_run, save
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 ModelInput = str | Sequence[str] | torch.Tensor
@@ -181,11 +181,11 @@ def _as_op(fn: Any, allow_code: bool) -> HookOp:
         if not allow_code:
             raise PermissionError(
                 f"{getattr(fn, '__name__', fn)!r} is a Python hook function, which would run as code on "
-                "the executor: use a declarative op from telelens.client.ops (patch, zero_ablate, "
+                "the executor: use a declarative op from telelens.trace.ops (patch, zero_ablate, "
                 "mean_ablate, ...), or pass allow_code=True where code is allowed"
             )
         return python_op(fn)
-    raise TypeError(f"a hook must be an op from telelens.client.ops or a function, got {type(fn).__name__}")
+    raise TypeError(f"a hook must be an op from telelens.trace.ops or a function, got {type(fn).__name__}")
 
 
 def build_run_with_hooks_graph(
@@ -204,7 +204,7 @@ def build_run_with_hooks_graph(
     """One run with each ``(name_or_filter, op)`` applied, returning the output or ``metric``.
 
     Ops at one hook apply in the order given (as TransformerLens runs hooks). With a
-    ``metric`` (from :mod:`telelens.client.ops`) only its value comes back, not the logits.
+    ``metric`` (from :mod:`telelens.trace.ops`) only its value comes back, not the logits.
     """
     builder, run, tokens = _start(
         input,
@@ -223,7 +223,7 @@ def build_run_with_hooks_graph(
             op.to_nodes(builder, run, hook)
     if metric is not None:
         if not isinstance(metric, Metric):
-            raise TypeError("metric must be a metric from telelens.client.ops (logit_diff, logit, log_prob)")
+            raise TypeError("metric must be a metric from telelens.trace.ops (logit_diff, logit, log_prob)")
         output: str | None = save(builder, metric.to_nodes(builder, run), "metric").name
     else:
         output = _output(builder, run, return_type, tokens)

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from telelens.client.graph import GraphBuilder
-from telelens.client.proxies import HookProxy, RunProxy, ValueProxy
+from telelens.trace.graph import GraphBuilder
+from telelens.trace.proxies import HookProxy, RunProxy, ValueProxy
 
 __all__ = [
     "HookOp",

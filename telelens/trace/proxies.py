@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from telelens.client.graph import GraphBuilder
 from telelens.protos import ir
+from telelens.trace.graph import GraphBuilder
 
 _TORCH_DTYPES: dict[torch.dtype, str] = {
     torch.float32: "float32",

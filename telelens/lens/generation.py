@@ -80,7 +80,7 @@ def generation_loop(
 ) -> Any:
     """TransformerLens's ``generate`` around ``step``: text in gives text out (``return_type="input"``).
 
-    ``host`` tokenizes (``_encode``, ``tokenizer``; see ``telelens.tokens.TokenMethods``).
+    ``host`` tokenizes (``_encode``, ``tokenizer``; see ``telelens.lens.tokens.TokenMethods``).
     Batches of texts are padded on the left, so every row continues right after its own last
     token; rows that reach EOS keep emitting the pad token.
     """

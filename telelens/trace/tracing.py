@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from telelens.client.backend import GraphBackend
-from telelens.client.graph import GraphBuilder
-from telelens.client.proxies import (
+from telelens.protos import ir
+from telelens.trace.backend import GraphBackend
+from telelens.trace.graph import GraphBuilder
+from telelens.trace.proxies import (
     HookProxy,
     RunProxy,
     Saved,
@@ -32,7 +33,6 @@ from telelens.client.proxies import (
     save,
     weight_proxy,
 )
-from telelens.protos import ir
 
 
 class _WeightAttr:
@@ -136,7 +136,7 @@ class Tracer:
         self.builder.code_hook(run.id, hook, fn)
 
     def apply(self, run: RunProxy, hook: str, op: Any) -> None:
-        """Apply a declarative op from :mod:`telelens.client.ops` at ``hook`` of ``run``."""
+        """Apply a declarative op from :mod:`telelens.trace.ops` at ``hook`` of ``run``."""
         HookProxy(run, hook).apply(op)
 
     W_U = _WeightAttr()

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from telelens.client.graph import GraphBuilder
-from telelens.client.proxies import RunProxy, ValueProxy
-from telelens.client.tracing import Tracer
 from telelens.protos import ir
+from telelens.trace.graph import GraphBuilder
+from telelens.trace.proxies import RunProxy, ValueProxy
+from telelens.trace.tracing import Tracer
 
 __all__ = ["HELPER_AXES", "add_sweep", "sweep"]
 

@@ -3,7 +3,7 @@
 It hands out node ids in program order, deduplicates constants and weights, caches the
 latest ``Read`` of each activation (invalidated by every write to it), checks hook names
 against the model's list, and freezes the nodes into an :class:`ir.Graph`. It knows
-nothing about proxies; those live in :mod:`telelens.client.proxies`.
+nothing about proxies; those live in :mod:`telelens.trace.proxies`.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class GraphBuilder:
         if not self.allow_code:
             raise PermissionError(
                 "Python hook functions run as code on the server and are off by default: "
-                "use a declarative op from telelens.client.ops, or pass allow_code=True "
+                "use a declarative op from telelens.trace.ops, or pass allow_code=True "
                 "(the server and your API key must allow code too)"
             )
         if not callable(fn):
