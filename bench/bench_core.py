@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -131,7 +132,7 @@ def bench_model(
         "telelens cache(resid_post)": lambda: ours.run_with_cache(tokens, names_filter=resid_post),
         "telelens cache(all)": lambda: ours.run_with_cache(tokens),
     }
-    tl = None
+    tl: Any = None
     if tl_factory is not None and importlib.util.find_spec("transformer_lens") is not None:
         tl = tl_factory()
         with torch.inference_mode():

@@ -175,7 +175,7 @@ def raw_receive(port: int, nbytes: int) -> float:
         call = channel.unary_stream("/raw.Raw/Stream")
         call(b"1", timeout=30)  # connect
         start = time.perf_counter()
-        view = memoryview(np.empty(nbytes, dtype=np.uint8))  # not zero-filled, like the client's buffers
+        view = np.empty(nbytes, dtype=np.uint8).data  # not zero-filled, like the client's buffers
         offset = 0
         for message in call(str(nbytes).encode(), timeout=60):
             view[offset : offset + len(message)] = message
@@ -323,7 +323,7 @@ def stream(local: Any, remote: Any, raw_port: int, args: argparse.Namespace) -> 
     compute = statistics.median(s.compute_seconds for s in stats[1:])
     rates: dict[str, list[float]] = {}
 
-    def telelens_rate(key: str, fn: Callable[[], None]) -> Callable[[], None]:
+    def telelens_rate(key: str, fn: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
             fn()
             last = remote.transport.last_run

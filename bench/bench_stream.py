@@ -109,7 +109,7 @@ def start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
 def serve_raw(mib: int, chunk: int) -> None:
     """A bare grpc.aio server streaming ``mib`` MiB of one buffer in ``chunk``-byte messages."""
     data = np.ones(mib << 20, dtype=np.uint8)
-    view = memoryview(data)
+    view = data.data
 
     async def stream_proto(request: bytes, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         for start in range(0, len(view), chunk):
@@ -219,7 +219,7 @@ def main() -> None:
             small, _, _ = big_graph(8)
             _, worker = telelens_run(stub, small, chunk)  # warm-up; tells the worker's pid
             worker_pid = int(worker.rsplit(":", 1)[1])
-            pids = {"client": "self", "front door": server.pid, "worker": worker_pid}
+            pids: dict[str, int | str] = {"client": "self", "front door": server.pid, "worker": worker_pid}
             base = {who: proc_mb(pid, "RssAnon") for who, pid in pids.items()}
             total = n * n * 4
             variants = {

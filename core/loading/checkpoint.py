@@ -46,7 +46,7 @@ _DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 def _bytes_of(t: torch.Tensor) -> memoryview:
     """The raw bytes of a contiguous CPU tensor, writable, without a copy."""
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    return t.reshape(-1).view(torch.uint8).numpy().data
 
 
 def _read_exact(f: BinaryIO, offset: int, out: memoryview) -> None:

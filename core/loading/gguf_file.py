@@ -174,7 +174,7 @@ def _dequantize(f: Any, info: GGUFTensorInfo) -> np.ndarray:
     for start in range(0, rows, step):
         n = min(step, rows - start)
         raw = buf[: n * row_bytes]
-        _read_exact(f, info.offset + start * row_bytes, memoryview(raw))
+        _read_exact(f, info.offset + start * row_bytes, raw.data)
         out[start : start + n] = gguf.dequantize(raw.reshape(n, row_bytes), qtype)
     return out.reshape(info.shape)
 

@@ -17,7 +17,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 # Official Hugging Face name -> TransformerLens-style aliases (matched case-insensitively).
 _ALIASES: dict[str, tuple[str, ...]] = {
@@ -182,7 +182,7 @@ def resolve_model(
 
     import huggingface_hub
 
-    common = {"revision": revision, "cache_dir": cache_dir, "token": token}
+    common: dict[str, Any] = {"revision": revision, "cache_dir": cache_dir, "token": token}
     try:
         folder = Path(huggingface_hub.snapshot_download(official, local_files_only=True, **common))
         if (folder / "config.json").is_file() and _has_weights(folder):
@@ -204,16 +204,16 @@ def resolve_model(
     raise ModelNotFoundError(f"could not find model {text!r}. Tried:\n{steps}")
 
 
-def _download(repo: str, common: dict[str, object]) -> str:
+def _download(repo: str, common: dict[str, Any]) -> str:
     """Download config, tokenizer and weights: safetensors when the repo has them, else .bin."""
     import huggingface_hub
 
     # (snapshot_download fails fast without a network; list_repo_files would retry for ~20 s.)
     folder = huggingface_hub.snapshot_download(
         repo, allow_patterns=[*_HUB_PATTERNS, "*.safetensors"], **common
-    )  # type: ignore[arg-type]
+    )
     if not any(Path(folder).glob("*.safetensors")):
-        folder = huggingface_hub.snapshot_download(repo, allow_patterns=[*_HUB_PATTERNS, "*.bin"], **common)  # type: ignore[arg-type]
+        folder = huggingface_hub.snapshot_download(repo, allow_patterns=[*_HUB_PATTERNS, "*.bin"], **common)
     return folder
 
 

@@ -11,7 +11,7 @@ checkpoint tensor must be used or deliberately skipped, or loading fails naming 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ def materialize(model: nn.Module, move_to_device: bool) -> None:
     last = placement[-1] if placement else first
     for name, module in model.named_children():
         if name == "blocks":
-            for block, dev in zip(module, placement):
+            for block, dev in zip(cast(nn.ModuleList, module), placement):
                 block.to_empty(device=dev)
         elif name == "ln_final":
             module.to_empty(device=last)
