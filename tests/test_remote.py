@@ -103,13 +103,13 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def server(ray_cluster: None, tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from telelens.server.app import run_server
     from telelens.server.config import ServeConfig
 
     base = tmp_path_factory.mktemp("server")
     config = ServeConfig.for_model(
-        str(tiny_folder), name="tiny", port=0, data_dir=str(base / "data"), ray_num_cpus=4,
+        str(tiny_folder), name="tiny", port=0, data_dir=str(base / "data"),
         keys_file=str(_keys_file(base / "keys.json")), allow_code=True,
         progress_interval_seconds=0.0,  # progress for every pass, however short the run
     )  # fmt: skip

@@ -25,7 +25,7 @@ PROMPTS = ["The Eiffel Tower is in the city of", "The Colosseum is in the city o
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def server(ray_cluster: None, smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from telelens.server.app import run_server
     from telelens.server.config import ServeConfig
 

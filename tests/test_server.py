@@ -56,7 +56,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_folder: Path, keys: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory):
+def server(
+    ray_cluster: None,
+    tiny_folder: Path,
+    keys: tuple[Path, dict[str, str]],
+    tmp_path_factory: pytest.TempPathFactory,
+):
     from telelens.server.app import run_server
 
     config = ServeConfig.for_model(
@@ -65,7 +70,6 @@ def server(tiny_folder: Path, keys: tuple[Path, dict[str, str]], tmp_path_factor
         port=0,
         keys_file=str(keys[0]),
         allow_code=True,
-        ray_num_cpus=2,
         data_dir=str(tmp_path_factory.mktemp("data")),
         grace_seconds=2,
         # small worker chunks: a 64 MiB result is then more than the worker may send ahead

@@ -20,11 +20,11 @@ CORRUPT = "The Colosseum is in the city of"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory):
     from telelens.server.app import run_server
 
     config = ServeConfig.for_model(
-        "smollm2-135m", port=0, ray_num_cpus=2, num_cpus=1, data_dir=str(tmp_path_factory.mktemp("data"))
+        "smollm2-135m", port=0, num_cpus=1, data_dir=str(tmp_path_factory.mktemp("data"))
     )
     with run_server(config) as handle:
         yield handle
