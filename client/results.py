@@ -20,14 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from telelens.client.errors import ProtocolError
-from telelens.protos import ir, service_pb2, tensor_pb2
-from telelens.protos.structure import ITEMSIZE
+from telelens.protos import ir, service_pb2
+from telelens.protos.codec import WIRE_DTYPES  # re-exported: cli and remote read it here
 
 if TYPE_CHECKING:
     import torch
-
-# Wire DType enum number -> ir dtype name ("float32", ...).
-WIRE_DTYPES: dict[int, str] = {tensor_pb2.DType.Value("DTYPE_" + name.upper()): name for name in ir.DTYPES}
 
 
 # ---------------------------------------------------------------------------------------- parsing
@@ -186,7 +183,7 @@ class ResultAssembler:
         shape = tuple(int(d) for d in h.shape)
         if any(d < 0 for d in shape):
             raise ProtocolError(f"result {name!r} has a negative dimension: {list(shape)}")
-        expected = math.prod(shape) * ITEMSIZE[dtype]
+        expected = math.prod(shape) * ir.ITEMSIZE[dtype]
         if h.nbytes != expected:
             raise ProtocolError(
                 f"result {name!r}: header says {h.nbytes} bytes, shape {list(shape)} x {dtype} needs {expected}"
@@ -242,14 +239,14 @@ def _check_coverage(p: _Pending) -> None:
 def _as_tensor(p: _Pending) -> torch.Tensor:
     import torch
 
-    from telelens.protos.torch_tensors import LITTLE_ENDIAN_NUMPY, torch_dtype_names
+    from telelens.protos.torch_tensors import LITTLE_ENDIAN_NUMPY, torch_dtypes
 
-    torch_dtype = {v: k for k, v in torch_dtype_names().items()}[p.dtype]
+    torch_dtype = torch_dtypes()[p.dtype]
     if p.dtype == "bool":
         if p.nbytes and bool((p.buffer > 1).any()):
             raise ProtocolError(f"result {p.name!r}: bool elements must be the bytes 0 or 1")
         return p.buffer.view(torch.bool).reshape(p.shape)
-    if sys.byteorder == "big" and ITEMSIZE[p.dtype] > 1:  # wire bytes are little-endian
+    if sys.byteorder == "big" and ir.ITEMSIZE[p.dtype] > 1:  # wire bytes are little-endian
         array = p.buffer.numpy().view(np.dtype(LITTLE_ENDIAN_NUMPY[p.dtype])).byteswap().view(np.uint8)
         p.buffer = torch.from_numpy(array.copy())
     return p.buffer.view(torch_dtype).reshape(p.shape)

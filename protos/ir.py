@@ -26,7 +26,18 @@ from typing import Literal
 GRAPH_VERSION = 1
 """Bumped only for changes an old executor cannot run; fields are only ever added."""
 
-DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
+ITEMSIZE: dict[str, int] = {
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "float64": 8,
+    "int64": 8,
+    "int32": 4,
+    "bool": 1,
+}
+"""The one dtype table: every dtype a tensor may travel in, with its bytes per element. The wire
+enum (``codec.WIRE_DTYPES``) and the torch mapping (``torch_tensors.torch_dtypes``) derive from it."""
+DTYPES: tuple[str, ...] = tuple(ITEMSIZE)
 DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "bool"]
 
 BINARY_OPS = ("add", "sub", "mul", "div", "pow", "matmul", "maximum", "minimum")
@@ -58,7 +69,7 @@ class Ref:
 
 
 @dataclass(frozen=True)
-class Slice:
+class SliceItem:
     """``start:stop:step`` on one dimension."""
 
     start: int | None = None
@@ -97,7 +108,7 @@ class _NewAxisItem:
 ELLIPSIS = _EllipsisItem()
 NEW_AXIS = _NewAxisItem()
 
-IndexItem = int | Slice | _EllipsisItem | _NewAxisItem | Ref
+IndexItem = int | SliceItem | _EllipsisItem | _NewAxisItem | Ref
 """One item of an index: an int, a slice, ``...``, a new axis, or a node holding int/bool indices."""
 Operand = Ref | float
 """A node's value or a Python scalar."""

@@ -1,98 +1,68 @@
 """Structural checks on an ``ir.Graph``: what can be refused without a model.
 
-The codec runs these on every decoded graph; local mode can run them on a graph built in
-process. They cover ids, references and the kind of node each reference needs, enum-like
-strings, tensor byte counts against their shape, and the ``ir.Limits`` that need no model
-(node count, constant bytes). Hook names, shapes flowing through ops and index ranges
+The one structural checker. The codec runs it on every decoded graph (the front door, without
+a model); local validation (``telelens.core.graph.validate``) runs it on a graph built in process
+before its model-aware checks, unless the graph is one this process already checked
+(:func:`is_checked`). It covers ids, references and the kind of node each reference needs,
+enum-like strings, tensor byte counts against their shape, and the ``ir.Limits`` that need no
+model (node count, constant bytes). Hook names, shapes flowing through ops and index ranges
 need the model and are the executor's checks. Imports neither torch nor protobuf.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 
 from . import ir
+from .tensor_checks import MAX_NDIM, is_int, tensor_problems
 
-ITEMSIZE: dict[str, int] = {
-    "float32": 4,
-    "float16": 2,
-    "bfloat16": 2,
-    "float64": 8,
-    "int64": 8,
-    "int32": 4,
-    "bool": 1,
-}
 SWEEP_AXES = ("layer", "pos", "head")
 """A sweep's axes are a non-empty subset of these, in this order."""
-MAX_NDIM = 64
-"""Most dimensions a tensor or a reshape target may have (torch's own ceiling)."""
-
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-
 # Nodes that are effects, not tensors: a tensor operand may not refer to them.
 _NO_VALUE = (ir.Run, ir.Write, ir.CodeHook)
 # Nodes a sweep's metric sub-graph may not hold: it is pure tensor math on the patched logits.
 _OUTER_ONLY = (ir.Run, ir.Read, ir.Write, ir.CodeHook, ir.Save, ir.Sweep)
 
 
-def is_int(x: object) -> bool:
-    """A Python int (not bool) that fits an int64."""
-    return isinstance(x, int) and not isinstance(x, bool) and INT64_MIN <= x <= INT64_MAX
-
-
-class TensorProblem(ValueError):
-    """A malformed tensor: which part (``dtype``, ``shape``, ``data``) and why."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-
-def expected_nbytes(dtype: str, shape: tuple[int, ...], max_bytes: int) -> int:
-    """``prod(shape) * itemsize``; raises ``TensorProblem`` past ``max_bytes`` without building a huge number."""
-    if dtype not in ITEMSIZE:
-        raise TensorProblem("dtype", f"unknown dtype {dtype!r}; expected one of {', '.join(ir.DTYPES)}")
-    if not isinstance(shape, tuple) or not all(is_int(d) for d in shape):
-        raise TensorProblem("shape", "must be a tuple of int64")
-    if len(shape) > MAX_NDIM:
-        raise TensorProblem("shape", f"{len(shape)} dimensions; at most {MAX_NDIM}")
-    if any(d < 0 for d in shape):
-        raise TensorProblem("shape", f"negative dimension in {list(shape)}")
-    if 0 in shape:
-        return 0
-    n = ITEMSIZE[dtype]
-    for d in shape:
-        n *= d
-        if n > max_bytes:
-            raise TensorProblem("shape", f"{list(shape)} x {dtype} exceeds the limit of {max_bytes} bytes")
-    return n
-
-
-def check_tensor_data(dtype: str, shape: tuple[int, ...], data: object, expected: int) -> None:
-    """Raises ``TensorProblem`` unless ``data`` is ``expected`` bytes (and 0/1 bytes for bool)."""
-    if not isinstance(data, bytes):
-        raise TensorProblem("data", "must be bytes")
-    if len(data) != expected:
-        raise TensorProblem("data", f"{len(data)} bytes; shape {list(shape)} x {dtype} needs {expected}")
-    if dtype == "bool" and data.translate(None, b"\x00\x01"):
-        raise TensorProblem("data", "bool elements must be the bytes 0 or 1")
-
-
-def tensor_problems(td: ir.TensorData, max_bytes: int) -> list[tuple[str, str]]:
-    """``(field, reason)`` for the first way ``td`` is malformed (shape is checked before data)."""
-    try:
-        check_tensor_data(td.dtype, td.shape, td.data, expected_nbytes(td.dtype, td.shape, max_bytes))
-    except TensorProblem as e:
-        return [(e.field, e.reason)]
-    return []
-
-
 def check_structure(graph: ir.Graph, limits: ir.Limits | None = None) -> list[ir.GraphError]:
-    """Every structural error in ``graph`` (empty when it is well formed)."""
-    checker = _Checker(limits or ir.Limits())
+    """Every structural error in ``graph`` (empty when it is well formed).
+
+    A graph found well formed is remembered (see :func:`is_checked`), so that later stages of
+    this process need not check it again.
+    """
+    limits = limits or ir.Limits()
+    checker = _StructureChecker(limits)
     checker.graph(graph)
+    if not checker.errors:
+        mark_checked(graph, limits)
     return checker.errors
+
+
+# Graphs known to be well formed, by identity (never by value: an equal graph built elsewhere
+# was not checked), with the limits they were checked under. Entries leave with their graph.
+_checked: dict[int, tuple[weakref.ref[ir.Graph], ir.Limits]] = {}
+
+
+def mark_checked(graph: ir.Graph, limits: ir.Limits) -> None:
+    """Record that ``graph`` is well formed under ``limits`` (the decoder's trusted path says so for
+    a graph the front door checked)."""
+    key = id(graph)
+
+    def forget(ref: weakref.ref[ir.Graph]) -> None:
+        if _checked.get(key, (None,))[0] is ref:
+            del _checked[key]
+
+    _checked[key] = (weakref.ref(graph, forget), limits)
+
+
+def is_checked(graph: ir.Graph, limits: ir.Limits) -> bool:
+    """Whether this very ``graph`` was found well formed under limits at least as strict as ``limits``."""
+    entry = _checked.get(id(graph))
+    if entry is None or entry[0]() is not graph:
+        return False
+    checked = entry[1]
+    return checked.max_nodes <= limits.max_nodes and checked.max_constant_bytes <= limits.max_constant_bytes
 
 
 def count_nodes(nodes: Iterable[ir.Node]) -> int:
@@ -100,12 +70,12 @@ def count_nodes(nodes: Iterable[ir.Node]) -> int:
     return sum(1 + (len(n.metric) if isinstance(n, ir.Sweep) else 0) for n in nodes)
 
 
-class _Checker:
+class _StructureChecker:
     def __init__(self, limits: ir.Limits) -> None:
         self.limits = limits
         self.errors: list[ir.GraphError] = []
         self.constant_bytes = 0
-        self.save_names: set[str] = set()
+        self.save_names: dict[str, int] = {}  # name -> the Save that uses it first
 
     def graph(self, graph: ir.Graph) -> None:
         if not isinstance(graph, ir.Graph) or not isinstance(graph.nodes, tuple):
@@ -136,11 +106,16 @@ class _Checker:
             )
 
 
+def _is_local_tensor(value: object) -> bool:
+    """A torch tensor or numpy array (local mode), recognised without importing either."""
+    return type(value).__module__.split(".")[0] in ("torch", "numpy") and hasattr(value, "shape")
+
+
 class _Scope:
     """One id space: the graph, or a sweep's metric sub-graph (``sweep`` is then its node)."""
 
     def __init__(
-        self, checker: _Checker, sweep: ir.Sweep | None = None, parent: _Scope | None = None
+        self, checker: _StructureChecker, sweep: ir.Sweep | None = None, parent: _Scope | None = None
     ) -> None:
         self.c = checker
         self.sweep = sweep
@@ -202,11 +177,11 @@ class _Scope:
             )
             self.error(field, f"no node {target} in {where}")
         elif want == "run" and not isinstance(node, ir.Run):
-            self.error(field, f"node {target} is a {type(node).__name__}, not a Run")
+            self.error(field, f"must refer to a Run; node {target} is a {type(node).__name__}, not a Run")
         elif want == "value" and (
             isinstance(node, _NO_VALUE) or (isinstance(node, ir.SweepLogits) and not local)
         ):
-            self.error(field, f"node {target} is a {type(node).__name__}, which has no tensor value")
+            self.error(field, f"refers to node {target}, a {type(node).__name__}, which has no tensor value")
 
     def tensor_ref(self, field: str, value: object, *, optional: bool = False) -> None:
         if value is None and optional:
@@ -229,7 +204,7 @@ class _Scope:
         for i, item in enumerate(items):
             if isinstance(item, ir.Ref):
                 self.ref(f"{field}[{i}]", item.node, "value")
-            elif isinstance(item, ir.Slice):
+            elif isinstance(item, ir.SliceItem):
                 for part in ("start", "stop", "step"):
                     v = getattr(item, part)
                     if v is not None and not is_int(v):
@@ -303,8 +278,8 @@ class _Scope:
             for field, reason in tensor_problems(value, self.c.limits.max_constant_bytes):
                 self.error(f"value.{field}", reason)
             self.c.constant_bytes += len(value.data) if isinstance(value.data, bytes) else 0
-        elif type(value).__module__.split(".")[0] == "torch" and hasattr(value, "shape"):
-            pass  # local mode: a torch tensor, checked by the executor
+        elif _is_local_tensor(value):  # dtype and shape are the executor's to check
+            self.c.constant_bytes += int(getattr(value, "nbytes", 0))
         else:
             self.error(
                 "value", f"expected TensorData (or a torch tensor in local mode), got {type(value).__name__}"
@@ -358,9 +333,9 @@ class _Scope:
         self.tensor_ref("input", n.input)
         self.name("name", n.name)
         if isinstance(n.name, str) and n.name:
-            if n.name in self.c.save_names:
-                self.error("name", f"another Save already uses the name {n.name!r}")
-            self.c.save_names.add(n.name)
+            first = self.c.save_names.setdefault(n.name, n.id)
+            if first != n.id:
+                self.error("name", f"duplicate save name {n.name!r} (also node {first})")
         if n.dtype is not None:
             self.choice("dtype", n.dtype, ir.DTYPES)
 

@@ -6,12 +6,12 @@ The wire format is raw little-endian C-contiguous bytes; numpy does the byte wor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import ir
-from .structure import ITEMSIZE
 
 if TYPE_CHECKING:
     import torch
@@ -28,19 +28,18 @@ LITTLE_ENDIAN_NUMPY: dict[str, str] = {
 }
 
 
-def torch_dtype_names() -> dict[Any, str]:
-    """torch dtype -> wire dtype name, for every dtype that can travel."""
+@cache
+def torch_dtypes() -> dict[str, torch.dtype]:
+    """The one torch mapping: wire dtype name (``ir.DTYPES``) -> torch dtype of the same name."""
     import torch
 
-    return {
-        torch.float32: "float32",
-        torch.float16: "float16",
-        torch.bfloat16: "bfloat16",
-        torch.float64: "float64",
-        torch.int64: "int64",
-        torch.int32: "int32",
-        torch.bool: "bool",
-    }
+    return {name: getattr(torch, name) for name in ir.DTYPES}
+
+
+@cache
+def torch_dtype_names() -> dict[torch.dtype, str]:
+    """torch dtype -> wire dtype name, for every dtype that can travel (``torch_dtypes`` inverted)."""
+    return {dtype: name for name, dtype in torch_dtypes().items()}
 
 
 def tensor_data_from_torch(t: torch.Tensor) -> ir.TensorData:
@@ -69,7 +68,7 @@ def tensor_data_to_torch(td: ir.TensorData, device: str | torch.device | None = 
     numel = 1
     for d in td.shape:
         numel *= d
-    if any(d < 0 for d in td.shape) or len(td.data) != numel * ITEMSIZE[td.dtype]:
+    if any(d < 0 for d in td.shape) or len(td.data) != numel * ir.ITEMSIZE[td.dtype]:
         raise ValueError(f"{len(td.data)} bytes do not fit shape {list(td.shape)} x {td.dtype}")
     # frombuffer over a bytearray copy: writable memory, so torch.from_numpy does not warn.
     array = np.frombuffer(bytearray(td.data), dtype=np.dtype(LITTLE_ENDIAN_NUMPY[td.dtype])).reshape(td.shape)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
-from telelens.protos import graph_pb2, ir
+from telelens.protos import codec, graph_pb2, ir
 from telelens.server import failures
 from telelens.server.config import ModelConfig
 from telelens.server.failures import Failure
@@ -210,7 +210,10 @@ class ModelWorker:
 
         def target() -> None:
             try:
-                decoded = graph if isinstance(graph, ir.Graph) else failures.decode(graph, limits)
+                # Bytes come from the front door, which decoded and checked them: build the IR only.
+                decoded = (
+                    graph if isinstance(graph, ir.Graph) else codec.decode_graph(graph, limits, trusted=True)
+                )
                 outcome["graph"] = decoded
                 results = execute(self.model, decoded, limits, progress=progress, for_autograd=False)
                 outcome["results"] = {name: wire_result(results.pop(name)) for name in list(results)}

@@ -134,7 +134,7 @@ def test_patching_trace_structure_and_execution_on_exit():
     read = graph.node(write.value.node)
     assert isinstance(read, ir.Index) and graph.node(read.input.node) == ir.Read(4, run=clean.id, hook=H)
     assert (write.run, write.hook, write.mode) == (corrupt.id, H, "set")
-    assert write.index == (ir.Slice(), -1)
+    assert write.index == (ir.SliceItem(), -1)
     logit_reads = [n for n in of(graph, ir.Read) if n.hook == ir.LOGITS]
     assert len(logit_reads) == 1  # both logit indexings share one Read (no write in between)
     assert torch.equal(diff.value, torch.full((1,), 11.0))
@@ -167,7 +167,7 @@ def test_read_after_write_sees_the_write():
     assert len(reads) == 2 and reads[0].id < write.id < reads[1].id
     assert g.node(before.node_id).input.node == g.node(again.node_id).input.node == reads[0].id
     assert g.node(after.node_id).input.node == reads[1].id
-    assert write.value == 0.0 and write.index == (ir.Slice(), 0)
+    assert write.value == 0.0 and write.index == (ir.SliceItem(), 0)
 
 
 def test_augmented_assignment_is_one_additive_write():
@@ -177,7 +177,7 @@ def test_augmented_assignment_is_one_additive_write():
     g = t.graph
     assert_well_formed(g)
     writes = of(g, ir.Write)
-    assert len(writes) == 1 and writes[0].mode == "add" and writes[0].index == (ir.Slice(), -1)
+    assert len(writes) == 1 and writes[0].mode == "add" and writes[0].index == (ir.SliceItem(), -1)
     assert [r.run for r in of(g, ir.Read)] == [clean.id]  # the corrupted activation is never read
     assert not of(g, ir.Binary)
     assert g.node(writes[0].value.node).input.node == of(g, ir.Read)[0].id
@@ -199,7 +199,7 @@ def test_augmented_assignment_modes(statement, mode, value):
         exec(statement, {"H": H}, {"run": run})
     (write,) = t.graph.nodes[2:]
     assert isinstance(write, ir.Write) and (write.mode, write.value) == (mode, value)
-    assert write.index == ((ir.Slice(), 1) if "[:, 1]" in statement else ())
+    assert write.index == ((ir.SliceItem(), 1) if "[:, 1]" in statement else ())
 
 
 def test_augmented_assignment_corner_cases():
@@ -324,7 +324,7 @@ def test_weights():
     d = g.node(saved_input(g, "d"))
     assert isinstance(d, ir.Index) and d.index == (2,) and g.node(d.input.node).name == "blocks.1.attn.W_O"
     h = g.node(saved_input(g, "h"))
-    assert h.index == (ir.Slice(), 0) and g.node(h.input.node).name == "W_O"
+    assert h.index == (ir.SliceItem(), 0) and g.node(h.input.node).name == "W_O"
     attrs = {name for name in dir(Tracer) if name.startswith(("W_", "b_"))}
     assert attrs == {*MODEL_WEIGHTS, *STACKED_WEIGHTS}
 
@@ -374,10 +374,10 @@ PROXY_TABLE = [
     (lambda x, o: x.transpose(0, 1), ir.Transpose(4, R, 0, 1)),
     (lambda x, o: x.mT, ir.Transpose(4, R, -2, -1)),
     (lambda x, o: x[0], ir.Index(4, R, (0,))),
-    (lambda x, o: x[:, -1], ir.Index(4, R, (ir.Slice(), -1))),
-    (lambda x, o: x[..., None, 1:3:2], ir.Index(4, R, (ir.ELLIPSIS, ir.NEW_AXIS, ir.Slice(1, 3, 2)))),
+    (lambda x, o: x[:, -1], ir.Index(4, R, (ir.SliceItem(), -1))),
+    (lambda x, o: x[..., None, 1:3:2], ir.Index(4, R, (ir.ELLIPSIS, ir.NEW_AXIS, ir.SliceItem(1, 3, 2)))),
     (lambda x, o: x[np.int64(1), o], ir.Index(4, R, (1, ir.Ref(2)))),
-    (lambda x, o: x.unsqueeze(1), ir.Index(4, R, (ir.Slice(), ir.NEW_AXIS))),
+    (lambda x, o: x.unsqueeze(1), ir.Index(4, R, (ir.SliceItem(), ir.NEW_AXIS))),
     (lambda x, o: x.unsqueeze(-1), ir.Index(4, R, (ir.ELLIPSIS, ir.NEW_AXIS))),
 ]
 
@@ -497,7 +497,7 @@ def test_ops_and_metrics_in_a_trace():
     w_patch, w_zero = of(g, ir.Write)
     src = g.node(w_patch.value.node)
     assert g.node(src.input.node) == ir.Read(src.input.node, run=clean.id, hook="blocks.0.attn.hook_z")
-    assert w_patch.index == (ir.Slice(), ir.Slice(), 1) and w_zero.index == (ir.Slice(), 0)
+    assert w_patch.index == (ir.SliceItem(), ir.SliceItem(), 1) and w_zero.index == (ir.SliceItem(), 0)
     mean = g.node(saved_input(g, m))
     assert isinstance(mean, ir.Reduce) and mean.op == "mean" and mean.dims is None
 
@@ -557,8 +557,8 @@ def test_run_with_cache_graph_slices_on_the_executor():
         H,
     ]
     assert pattern_batch.index == resid_batch.index == (0,)
-    assert pattern_pos.index == (ir.ELLIPSIS, ir.Slice(-1, None), ir.Slice())  # the query position
-    assert resid_pos.index == (ir.Slice(-1, None),)
+    assert pattern_pos.index == (ir.ELLIPSIS, ir.SliceItem(-1, None), ir.SliceItem())  # the query position
+    assert resid_pos.index == (ir.SliceItem(-1, None),)
 
 
 def test_run_with_hooks_graph():

@@ -75,8 +75,17 @@ def test_golden_file_decodes_to_the_graph_built_in_code():
 
 
 def test_every_index_item_and_operand_round_trips():
-    items = (0, -1, 2**63 - 1, -(2**63), ir.Slice(), ir.Slice(1), ir.Slice(None, 0), ir.Slice(0, 0, 0))
-    items += (ir.Slice(-5, -1, 2), ir.ELLIPSIS, ir.NEW_AXIS, ir.Ref(2))
+    items = (
+        0,
+        -1,
+        2**63 - 1,
+        -(2**63),
+        ir.SliceItem(),
+        ir.SliceItem(1),
+        ir.SliceItem(None, 0),
+        ir.SliceItem(0, 0, 0),
+    )
+    items += (ir.SliceItem(-5, -1, 2), ir.ELLIPSIS, ir.NEW_AXIS, ir.Ref(2))
     nodes = [*_base(), ir.Index(3, ir.Ref(1), items)]
     nodes += [ir.Binary(4, "add", ir.Ref(3), 0.0), ir.Binary(5, "mul", -0.0, ir.Ref(2))]
     nodes += [
@@ -417,3 +426,18 @@ def test_codec_does_not_import_torch(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_trusted_decode_builds_the_ir_without_checking_it():
+    """A worker's copy was checked by the front door: trusted=True builds it and marks it checked."""
+    from telelens.protos.structure import is_checked
+
+    bad = ir.Graph((*_base(), ir.Read(3, run=2, hook="logits")))  # run is a Constant
+    data = codec.graph_to_bytes(bad)
+    assert _errors(data)[0].field == "run"
+    graph = codec.decode_graph(data, ir.Limits(), trusted=True)
+    assert graph == bad and is_checked(graph, ir.Limits())
+    assert not is_checked(bad, ir.Limits())  # an equal graph is not the checked one
+    assert not is_checked(graph, ir.Limits(max_nodes=3))  # checked under looser limits than these
+    good = codec.graph_from_bytes(codec.graph_to_bytes(ir.Graph(tuple(_base()))))
+    assert is_checked(good, ir.Limits())

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from telelens.protos import codec, graph_pb2, ir, tensor_pb2
-from telelens.protos.structure import ITEMSIZE, SWEEP_AXES, check_structure
+from telelens.protos.structure import SWEEP_AXES, check_structure
 
 FUZZ = settings(max_examples=200, deadline=500, suppress_health_check=[HealthCheck.too_slow])
 INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -27,14 +27,14 @@ def tensor_data(draw) -> ir.TensorData:
     if dtype == "bool":
         data = bytes(draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)))
     else:
-        data = draw(st.binary(min_size=n * ITEMSIZE[dtype], max_size=n * ITEMSIZE[dtype]))
+        data = draw(st.binary(min_size=n * ir.ITEMSIZE[dtype], max_size=n * ir.ITEMSIZE[dtype]))
     return ir.TensorData(dtype, shape, data)
 
 
 def index_items(values: list[int]):
     items = [
         INT64,
-        st.builds(ir.Slice, st.none() | INT64, st.none() | INT64, st.none() | INT64),
+        st.builds(ir.SliceItem, st.none() | INT64, st.none() | INT64, st.none() | INT64),
         st.just(ir.ELLIPSIS),
         st.just(ir.NEW_AXIS),
     ]

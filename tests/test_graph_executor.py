@@ -20,7 +20,7 @@ from telelens.core.graph.validate import check
 from telelens.core.hooked_transformer import HookedTransformer
 from telelens.lens.utils import get_act_name
 from telelens.protos import ir
-from telelens.protos.ir import ELLIPSIS, NEW_AXIS, Ref, Slice
+from telelens.protos.ir import ELLIPSIS, NEW_AXIS, Ref, SliceItem
 
 VOCAB = 97
 ARCHS = {"gpt2": GPT2, "llama_gqa": {**LLAMA_GQA, "tie_word_embeddings": True}}
@@ -121,9 +121,9 @@ def test_every_op_equals_torch_on_the_cache(model):
         b.save(ref, name, dtype)
         expected[name] = value
 
-    add("index_basic", b(ir.Index, R, (0, Slice(1, 5, 2), ELLIPSIS)), resid[0, 1:5:2, ...])
-    add("index_newaxis", b(ir.Index, R, (NEW_AXIS, Slice(), -1)), resid[None, :, -1])
-    add("index_tensor", b(ir.Index, L, (Slice(), -1, IDS)), logits[:, -1, ids])
+    add("index_basic", b(ir.Index, R, (0, SliceItem(1, 5, 2), ELLIPSIS)), resid[0, 1:5:2, ...])
+    add("index_newaxis", b(ir.Index, R, (NEW_AXIS, SliceItem(), -1)), resid[None, :, -1])
+    add("index_tensor", b(ir.Index, L, (SliceItem(), -1, IDS)), logits[:, -1, ids])
     add("index_bool", b(ir.Index, R, (M,)), resid[mask])
     add("add", b(ir.Binary, "add", R, V), resid + vec)
     add("sub_scalar_first", b(ir.Binary, "sub", 1.5, R), 1.5 - resid)
@@ -157,7 +157,9 @@ def test_every_op_equals_torch_on_the_cache(model):
     add("gather", b(ir.Gather, L, -1, G), logits.gather(-1, gather_idx))
     add("reshape", b(ir.Reshape, R, (2, -1)), resid.reshape(2, -1))
     add("transpose", b(ir.Transpose, P, 2, 3), pattern.transpose(2, 3))
-    logit_diff = b(ir.Binary, "sub", b(ir.Index, L, (Slice(), -1, 5)), b(ir.Index, L, (Slice(), -1, 7)))
+    logit_diff = b(
+        ir.Binary, "sub", b(ir.Index, L, (SliceItem(), -1, 5)), b(ir.Index, L, (SliceItem(), -1, 7))
+    )
     add("logit_diff", logit_diff, logits[:, -1, 5] - logits[:, -1, 7])
     for name in [
         "W_U",
@@ -194,10 +196,10 @@ def test_patching_one_run_into_another_equals_run_with_hooks(model):
     resid, z = "blocks.1.hook_resid_pre", "blocks.0.attn.hook_z"
     b = Builder()
     c_run, x_run = b.run(clean), b.run(corrupted)
-    clean_resid = b(ir.Index, b(ir.Read, c_run, resid), (Slice(), -1))
-    b(ir.Write, x_run, resid, clean_resid, (Slice(), -1))
-    clean_head = b(ir.Index, b(ir.Read, c_run, z), (Slice(), Slice(), 1))
-    b(ir.Write, x_run, z, clean_head, (Slice(), Slice(), 1))
+    clean_resid = b(ir.Index, b(ir.Read, c_run, resid), (SliceItem(), -1))
+    b(ir.Write, x_run, resid, clean_resid, (SliceItem(), -1))
+    clean_head = b(ir.Index, b(ir.Read, c_run, z), (SliceItem(), SliceItem(), 1))
+    b(ir.Write, x_run, z, clean_head, (SliceItem(), SliceItem(), 1))
     b.save(b(ir.Read, x_run, "logits"), "patched")
     out = execute(model, b.graph())
 
@@ -229,12 +231,12 @@ def _ablation_graph(kind: str, tokens: torch.Tensor, steer: torch.Tensor) -> ir.
             ir.Write,
             run,
             "blocks.1.attn.hook_z",
-            b(ir.Index, mean, (Slice(), Slice(), 2)),
-            (Slice(), Slice(), 2),
+            b(ir.Index, mean, (SliceItem(), SliceItem(), 2)),
+            (SliceItem(), SliceItem(), 2),
         )
     elif kind == "steer":
         vec = b(ir.Binary, "mul", b(ir.Constant, wire(steer)), 3.0)
-        b(ir.Write, run, "blocks.0.hook_resid_post", vec, (Slice(), Slice(2, None)), mode="add")
+        b(ir.Write, run, "blocks.0.hook_resid_post", vec, (SliceItem(), SliceItem(2, None)), mode="add")
     elif kind == "scale":
         b(ir.Write, run, "blocks.1.mlp.hook_post", 0.5, mode="mul")
     b.save(b(ir.Read, run, "logits"), "logits")
@@ -278,7 +280,7 @@ def test_logits_read_before_and_after_a_write(model):
     b = Builder()
     run = b.run(tokens)
     b.save(b(ir.Read, run, "logits"), "before")
-    b(ir.Write, run, "logits", 100.0, (Slice(), -1, 5))
+    b(ir.Write, run, "logits", 100.0, (SliceItem(), -1, 5))
     b.save(b(ir.Read, run, "logits"), "after")
     out = execute(model, b.graph())
     logits = model(tokens)
@@ -323,7 +325,7 @@ def test_batched_independent_runs_equal_separate_runs(model):
     for i, shape in enumerate([(2, 6), (1, 6), (3, 6), (2, 5)]):
         run = b.run(rand_tokens(*shape, seed=10 + i))
         if i == 1:  # an intervention inside the batch acts on its own rows only
-            b(ir.Write, run, "blocks.1.hook_resid_pre", 0.0, (Slice(), 2))
+            b(ir.Write, run, "blocks.1.hook_resid_pre", 0.0, (SliceItem(), 2))
         for h in hooks:
             b.save(b(ir.Read, run, h), f"{i}:{h}")
     graph = b.graph()
@@ -430,7 +432,7 @@ CASES = {
         4, ["index 97 is out of range for dim 2 of size 97"], None,
     ),
     "shape mismatch in write": (
-        lambda b, r: b(ir.Write, r, "blocks.0.hook_resid_pre", b(ir.Constant, torch.zeros(5)), (Slice(), -1)),
+        lambda b, r: b(ir.Write, r, "blocks.0.hook_resid_pre", b(ir.Constant, torch.zeros(5)), (SliceItem(), -1)),
         3, ["shape [5] does not fit the indexed region [2, 32]"], None,
     ),
     "write depends on a later hook": (
@@ -484,7 +486,7 @@ def test_rotary_model_has_no_W_pos_and_gqa_k_has_kv_heads():
     b = Builder()
     run = b.run(rand_tokens(1, 4))
     b(ir.Weight, "W_pos")
-    b(ir.Write, run, "blocks.0.attn.hook_k", 0.0, (Slice(), Slice(), 3))  # only 2 key/value heads
+    b(ir.Write, run, "blocks.0.attn.hook_k", 0.0, (SliceItem(), SliceItem(), 3))  # only 2 key/value heads
     errors = validate(model, b.graph())
     assert [(e.node_id, e.field) for e in errors] == [(2, "name"), (3, "index[2]")]
     assert "rotary" in errors[0].reason and "size 2" in errors[1].reason
@@ -521,8 +523,8 @@ def _sweep_graph(
     scale = b(ir.Constant, wire(torch.tensor(2.0)))  # an outer node used inside the metric
     metric = (
         ir.SweepLogits(100),
-        ir.Index(101, Ref(100), (Slice(), -1, 7)),
-        ir.Index(102, Ref(100), (Slice(), -1, 3)),
+        ir.Index(101, Ref(100), (SliceItem(), -1, 7)),
+        ir.Index(102, Ref(100), (SliceItem(), -1, 3)),
         ir.Binary(103, "sub", Ref(101), Ref(102)),
         ir.Reduce(104, "mean", Ref(103)),
         ir.Binary(105, "mul", Ref(104), scale),
@@ -592,3 +594,27 @@ def test_final_norm_weights_travel_where_the_norm_has_them():
     exact(out["b"], gpt2.ln_final.b.detach())
     (error,) = validate(llama, graph)  # RMSNorm: a scale, no bias
     assert error.node_id == 2 and "final norm (RMS) has no b" in error.reason
+
+
+def test_validation_runs_the_structural_check_once(monkeypatch):
+    """A graph the codec checked (or a worker decoded trusted) skips the structural pass; one built
+    in process gets it, with the structural errors only."""
+    import importlib
+
+    from telelens.protos import codec
+
+    validate_module = importlib.import_module("telelens.core.graph.validate")  # the package shadows it
+
+    b = Builder()
+    b.save(b(ir.Read, b.run(rand_tokens(1, 4)), "logits"), "x")
+    graph = b.graph()
+    calls = []
+    real = validate_module.check_structure
+    monkeypatch.setattr(validate_module, "check_structure", lambda g, lim: calls.append(g) or real(g, lim))
+    wire = codec.decode_graph(codec.graph_to_bytes(graph), trusted=True)
+    assert validate(MODELS["gpt2"], wire) == [] and calls == []
+    assert validate(MODELS["gpt2"], graph) == [] and calls == [graph]
+    assert validate(MODELS["gpt2"], graph) == [] and calls == [graph]  # remembered
+    bad = ir.Graph((*graph.nodes, ir.Read(4, 0, "blocks.99.hook_resid_post")))  # node 0: a Constant
+    (error,) = validate(MODELS["gpt2"], bad)
+    assert (error.node_id, error.field) == (4, "run") and "must refer to a Run" in error.reason

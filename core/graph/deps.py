@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from telelens.core.graph.structure import metric_outer_refs, value_refs
+from telelens.core.graph.refs import metric_outer_refs, value_refs
 from telelens.protos import ir
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from telelens.core.graph.structure import OP_NODES, value_refs
+from telelens.core.graph.refs import OP_NODES, value_refs
 from telelens.core.graph.weights import get_weight
 from telelens.protos import ir
 
@@ -52,7 +52,7 @@ def to_index(items: tuple[ir.IndexItem, ...], get: Getter, like: torch.Tensor) -
     for it in items:
         if isinstance(it, ir.Ref):
             out.append(_same_device(like, get(it.node)))
-        elif isinstance(it, ir.Slice):
+        elif isinstance(it, ir.SliceItem):
             out.append(slice(it.start, it.stop, it.step))
         elif it is ir.ELLIPSIS:
             out.append(Ellipsis)

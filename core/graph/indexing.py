@@ -31,7 +31,7 @@ def _consumes(
     """How many dims of the indexed tensor one item uses up (raises BadIndex for bad items)."""
     if it is ir.ELLIPSIS or it is ir.NEW_AXIS:
         return 0
-    if isinstance(it, ir.Slice):
+    if isinstance(it, ir.SliceItem):
         parts = (it.start, it.stop, it.step)
         if not all(p is None or (isinstance(p, int) and not isinstance(p, bool)) for p in parts):
             raise BadIndex(where, f"slice bounds must be ints or None, got {it}")
@@ -83,7 +83,7 @@ def check_index(
         if it is ir.NEW_AXIS:
             out.append(None)
             continue
-        if isinstance(it, ir.Slice):
+        if isinstance(it, ir.SliceItem):
             out.append(slice(it.start, it.stop, it.step))
         elif isinstance(it, int):
             _check_range(it, it, shape[dim], dim, where)

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from telelens.core.graph.structure import metric_outer_refs, value_refs
+from telelens.core.graph.refs import metric_outer_refs, value_refs
 from telelens.core.graph.sweep import SweepGeometry
 from telelens.core.graph.validate import CheckedGraph, RunShape
 from telelens.protos import ir

@@ -1,4 +1,4 @@
-"""Wire tensors <-> torch: dtype names, decoding ``TensorData``, byte sizes."""
+"""Wire tensors <-> torch in the executor: dtype groups, decoding constants, byte sizes."""
 
 from __future__ import annotations
 
@@ -6,19 +6,14 @@ import numpy as np
 import torch
 
 from telelens.protos import ir
-from telelens.protos.torch_tensors import tensor_data_to_torch, torch_dtype_names
+from telelens.protos.torch_tensors import tensor_data_to_torch, torch_dtypes
 
-TORCH_DTYPES: dict[str, torch.dtype] = {name: dtype for dtype, name in torch_dtype_names().items()}
+TORCH_DTYPES: dict[str, torch.dtype] = torch_dtypes()
+"""Wire dtype name -> torch dtype: ``protos.torch_tensors``'s one mapping, by its usual name here."""
 INDEX_DTYPES = (torch.int64, torch.int32, torch.bool)
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """``"float32"`` -> ``torch.float32`` (KeyError for names outside ``ir.DTYPES``)."""
-    return TORCH_DTYPES[name]
-
-
-def itemsize(name: str) -> int:
-    return torch.empty((), dtype=TORCH_DTYPES[name]).element_size()
+"""Dtypes a tensor index (or an attention mask) may have."""
+TOKEN_DTYPES = (torch.int64, torch.int32)
+"""Dtypes of token ids and of a gather's index."""
 
 
 def decode_constant(value: object) -> torch.Tensor:

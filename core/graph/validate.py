@@ -1,6 +1,10 @@
 """Validation: every check that can run before a forward pass, collecting every error.
 
-Shapes and dtypes are inferred by evaluating each tensor op on ``device="meta"`` tensors
+Structure (ids, references, node kinds, enum strings, constant bytes, node count) is
+``telelens.protos.structure``'s one checker: run here first unless this very graph already
+passed it (the codec ran it, or a worker decoded the front door's checked copy). What
+follows needs the model: hook and weight names, shapes, dtypes, index and token ranges,
+sweep geometry, write ordering, tokens and result sizes. Shapes and dtypes are inferred by evaluating each tensor op on ``device="meta"`` tensors
 (the same :func:`~telelens.core.graph.evaluate.compute` the executor runs), with the real
 hook shapes of each run. A node whose inputs already failed is skipped, so one mistake
 gives one error, not a cascade.
@@ -15,24 +19,19 @@ import torch
 
 from telelens.core.graph.deps import Dependencies, analyze
 from telelens.core.graph.evaluate import compute, short_reason
+from telelens.core.graph.graph_checks import order_errors, total_errors
 from telelens.core.graph.hooks import HookTable, hook_error, hook_shape, hook_table
 from telelens.core.graph.indexing import BadIndex, check_index
-from telelens.core.graph.structure import METRIC_NODES, OP_NODES, VALUE_NODES, kind, run_refs, value_refs
+from telelens.core.graph.refs import OP_NODES, value_refs
 from telelens.core.graph.sweep import SweepGeometry, sweep_geometry
-from telelens.core.graph.tensors import (
-    INDEX_DTYPES,
-    TORCH_DTYPES,
-    constant_nbytes,
-    decode_constant,
-    meta_like,
-)
+from telelens.core.graph.tensors import INDEX_DTYPES, TOKEN_DTYPES, TORCH_DTYPES, decode_constant, meta_like
 from telelens.core.graph.weights import weight_error, weight_shape
 from telelens.protos import ir
+from telelens.protos.structure import check_structure, is_checked
 
 if TYPE_CHECKING:
     from telelens.core.hooked_transformer import HookedTransformer
 
-_TOKEN_DTYPES = (torch.int64, torch.int32)
 DEFAULT_LIMITS = ir.Limits()
 
 
@@ -70,16 +69,24 @@ def validate(
 
 
 def check(model: HookedTransformer, graph: ir.Graph, limits: ir.Limits = DEFAULT_LIMITS) -> CheckedGraph:
-    """Validate ``graph`` and keep what was learned (shapes, tokenized text, decoded constants)."""
-    return _Checker(model, graph, limits).run()
+    """Validate ``graph`` and keep what was learned (shapes, tokenized text, decoded constants).
+
+    A structurally bad graph gets the structural errors only: the model-aware checks assume
+    well-formed references.
+    """
+    if not (isinstance(graph, ir.Graph) and is_checked(graph, limits)):
+        errors = check_structure(graph, limits)
+        if errors:
+            return CheckedGraph(graph=graph, errors=errors)
+    return _ModelChecker(model, graph, limits).run()
 
 
-class _Scope:
+class _MetaScope:
     """Node lookup for the main graph or a sweep's metric (whose refs may reach the main graph)."""
 
     def __init__(
         self, nodes: dict[int, ir.Node], meta: dict[int, torch.Tensor], constants: dict[int, torch.Tensor],
-        parent: _Scope | None = None,
+        parent: _MetaScope | None = None,
     ) -> None:  # fmt: skip
         self.nodes, self.meta, self.constants, self.parent = nodes, meta, constants, parent
 
@@ -100,102 +107,32 @@ class _Scope:
         return self.parent.constant(nid) if self.parent else None
 
 
-class _Checker:
+class _ModelChecker:
+    """The model-aware checks of a structurally valid graph."""
+
     def __init__(self, model: HookedTransformer, graph: ir.Graph, limits: ir.Limits) -> None:
         self.model, self.graph, self.limits = model, graph, limits
-        self.out = CheckedGraph(graph=graph)
-        self.broken: set[int] = set()  # nodes with a structural error: no shape inference
-        self.save_names: dict[str, int] = {}
-        self.constant_bytes = 0
+        self.out = CheckedGraph(graph=graph, nodes={n.id: n for n in graph.nodes})
 
     def err(self, node_id: int | None, field: str, reason: str) -> None:
         self.out.errors.append(ir.GraphError(node_id, field, reason))
 
     # ------------------------------------------------------------------ driver
     def run(self) -> CheckedGraph:
-        if not self._check_container():
-            return self.out
         nodes = self.out.nodes
         self.out.table = hook_table(self.model)
-        scope = _Scope(nodes, self.out.meta, self.out.constants)
+        scope = _MetaScope(nodes, self.out.meta, self.out.constants)
         for nid in sorted(nodes):
-            if not self._check_refs(nodes[nid], scope, outer_limit=None):
-                self.broken.add(nid)
-        for nid in sorted(nodes):
-            node = nodes[nid]
-            if nid in self.broken:
-                continue
             try:
-                self._infer(node, scope)
+                self._infer(nodes[nid], scope)
             except Exception as e:  # a bug in a check must not hide the graph's other errors
                 self.err(nid, "", f"could not be checked: {short_reason(e)}")
         self.out.deps = analyze(nodes)
-        self._check_order_and_cycles()
-        self._check_totals()
+        self.out.errors += order_errors(self.out) + total_errors(self.out, self.limits)
         return self.out
 
-    def _check_container(self) -> bool:
-        g = self.graph
-        if not isinstance(g, ir.Graph):
-            self.err(None, "", f"expected an ir.Graph, got {type(g).__name__}")
-            return False
-        if g.version > ir.GRAPH_VERSION:
-            self.err(
-                None,
-                "version",
-                f"graph version {g.version} is newer than this executor's ({ir.GRAPH_VERSION})",
-            )
-        ok = True
-        total = 0
-        for n in g.nodes:
-            if not isinstance(n, ir.NODE_TYPES) or not isinstance(n.id, int):
-                self.err(getattr(n, "id", None), "", f"not a graph node: {type(n).__name__}")
-                ok = False
-                continue
-            total += 1 + (len(n.metric) if isinstance(n, ir.Sweep) else 0)
-            if n.id in self.out.nodes:
-                self.err(n.id, "id", f"node id {n.id} is used twice")
-                self.broken.add(n.id)
-                continue
-            self.out.nodes[n.id] = n
-        if total > self.limits.max_nodes:
-            self.err(None, "nodes", f"{total} nodes is more than the limit of {self.limits.max_nodes}")
-        return ok
-
-    def _check_refs(self, node: ir.Node, scope: _Scope, outer_limit: int | None) -> bool:
-        """Refs point to earlier nodes of the right kind (False after reporting why not).
-
-        ``outer_limit``: for a metric node, the id of its sweep (outer refs must come before it).
-        """
-        bad = False
-        for fld, r in value_refs(node):
-            target = scope.node(r)
-            local = r in scope.nodes
-            if target is None:
-                self.err(node.id, fld, f"refers to node {r}, which does not exist")
-            elif local and r >= node.id:
-                self.err(node.id, fld, f"refers to node {r}; a node may only use nodes with smaller ids")
-            elif not local and outer_limit is not None and r >= outer_limit:
-                self.err(
-                    node.id, fld, f"refers to node {r}, which comes after its sweep (node {outer_limit})"
-                )
-            elif not isinstance(target, VALUE_NODES) or (isinstance(target, ir.SweepLogits) and not local):
-                self.err(node.id, fld, f"refers to node {r}, a {kind(target)}, which has no tensor value")
-            else:
-                continue
-            bad = True
-        for fld, r in run_refs(node):
-            target = scope.node(r)
-            if not isinstance(target, ir.Run):
-                self.err(node.id, fld, f"must refer to a Run; node {r} is a {kind(target)}")
-                bad = True
-            elif r >= node.id:
-                self.err(node.id, fld, f"refers to run {r}; a node may only use nodes with smaller ids")
-                bad = True
-        return not bad
-
     # ------------------------------------------------------------------ per node
-    def _infer(self, node: ir.Node, scope: _Scope) -> None:
+    def _infer(self, node: ir.Node, scope: _MetaScope) -> None:
         """Check one node and record its meta value (if it has one)."""
         inputs = [scope.get_meta(r) for _, r in value_refs(node)]
         if any(m is None for m in inputs):
@@ -222,8 +159,6 @@ class _Checker:
                 self.err(
                     node.id, "payload", "code hooks are not allowed for this key (limits.allow_code is False)"
                 )
-            elif not isinstance(node.payload, (bytes, bytearray)):
-                self.err(node.id, "payload", "the payload must be the bytes of a cloudpickled function")
         elif isinstance(node, ir.Index):
             x = scope.get_meta(node.input.node)
             assert x is not None
@@ -236,23 +171,14 @@ class _Checker:
             self._save(node, scope)
         elif isinstance(node, ir.Sweep):
             self._sweep(node, scope)
-        elif isinstance(node, ir.SweepLogits):
-            self.err(node.id, "", "a SweepLogits placeholder belongs inside a sweep's metric sub-graph")
 
-    def _meta_op(self, node: ir.Node, scope: _Scope, fn: Any) -> None:
+    def _meta_op(self, node: ir.Node, scope: _MetaScope, fn: Any) -> None:
         try:
             scope.meta[node.id] = fn()
         except Exception as e:  # torch's shape errors come in several types
             self.err(node.id, "", short_reason(e))
 
-    def _constant(self, node: ir.Constant, scope: _Scope) -> None:
-        self.constant_bytes += constant_nbytes(node.value)
-        if self.constant_bytes > self.limits.max_constant_bytes:
-            self.err(
-                node.id, "value",
-                f"constants total {self.constant_bytes} bytes, more than the limit of {self.limits.max_constant_bytes}",
-            )  # fmt: skip
-            return
+    def _constant(self, node: ir.Constant, scope: _MetaScope) -> None:
         try:
             value = decode_constant(node.value)
         except ValueError as e:
@@ -260,20 +186,11 @@ class _Checker:
         scope.constants[node.id] = value
         scope.meta[node.id] = meta_like(value)
 
-    def _op(self, node: ir.Node, scope: _Scope) -> None:
-        allowed = {ir.Binary: ir.BINARY_OPS, ir.Unary: ir.UNARY_OPS, ir.Reduce: ir.REDUCE_OPS}.get(type(node))
-        op = getattr(node, "op", None)
-        if allowed is not None and op not in allowed:
-            return self.err(node.id, "op", f"unknown {kind(node)} op {op!r}; expected one of {list(allowed)}")
-        if isinstance(node, ir.Binary):
-            for fld in ("a", "b"):
-                v = getattr(node, fld)
-                if not isinstance(v, (ir.Ref, int, float)) or isinstance(v, bool):
-                    return self.err(node.id, fld, f"an operand must be a node or a number, got {v!r}")
+    def _op(self, node: ir.Node, scope: _MetaScope) -> None:
         if isinstance(node, ir.Gather):
             x, idx = scope.get_meta(node.input.node), scope.get_meta(node.index.node)
             assert x is not None and idx is not None
-            if idx.dtype not in _TOKEN_DTYPES:
+            if idx.dtype not in TOKEN_DTYPES:
                 return self.err(node.id, "index", f"gather needs an int64 index tensor, got {idx.dtype}")
             values = scope.constant(node.index.node)
             if values is not None and values.numel() and -x.dim() <= node.dim < x.dim():
@@ -284,8 +201,6 @@ class _Checker:
                     return self.err(
                         node.id, "index", f"index {bad} is out of range for dim {node.dim} of size {size}"
                     )
-        if isinstance(node, ir.Reshape) and not all(isinstance(s, int) for s in node.shape):
-            return self.err(node.id, "shape", f"shape must be ints, got {list(node.shape)}")
 
         def get(nid: int) -> torch.Tensor:
             m = scope.get_meta(nid)
@@ -294,35 +209,19 @@ class _Checker:
 
         self._meta_op(node, scope, lambda: compute(node, get, "meta"))
 
-    def _save(self, node: ir.Save, scope: _Scope) -> None:
-        ok = True
-        if not isinstance(node.name, str) or not node.name:
-            self.err(node.id, "name", "a save needs a non-empty name")
-            ok = False
-        elif node.name in self.save_names:
-            self.err(
-                node.id, "name", f"duplicate save name {node.name!r} (also node {self.save_names[node.name]})"
-            )
-            ok = False
-        else:
-            self.save_names[node.name] = node.id
-        if node.dtype is not None and node.dtype not in TORCH_DTYPES:
-            self.err(node.id, "dtype", f"unknown dtype {node.dtype!r}; expected one of {list(ir.DTYPES)}")
-            ok = False
+    def _save(self, node: ir.Save, scope: _MetaScope) -> None:
         x = scope.get_meta(node.input.node)
-        if ok and x is not None:
+        if x is not None:
             dtype = TORCH_DTYPES[node.dtype] if node.dtype else x.dtype
             scope.meta[node.id] = torch.empty(x.shape, dtype=dtype, device="meta")
 
     # ------------------------------------------------------------------ runs and hooks
-    def _run(self, node: ir.Run, scope: _Scope) -> None:
-        if (node.tokens is None) == (not node.text):
-            return self.err(node.id, "tokens", "a run needs exactly one of tokens and text")
+    def _run(self, node: ir.Run, scope: _MetaScope) -> None:
         tokens_cpu = mask_cpu = None
         if node.tokens is not None:
             t = scope.get_meta(node.tokens.node)
             assert t is not None
-            if t.dim() != 2 or t.dtype not in _TOKEN_DTYPES:
+            if t.dim() != 2 or t.dtype not in TOKEN_DTYPES:
                 return self.err(
                     node.id,
                     "tokens",
@@ -368,8 +267,6 @@ class _Checker:
         if self.model.tokenizer is None:
             return self.err(node.id, "text", "this model has no tokenizer: send token ids instead of text")
         texts = list(node.text)
-        if not all(isinstance(t, str) for t in texts):
-            return self.err(node.id, "text", "text must be a tuple of strings")
         kw: dict[str, Any] = dict(prepend_bos=node.prepend_bos, padding_side="right", move_to_device=False)
         try:
             tokens = self.model.to_tokens(texts, truncate=False, **kw)
@@ -395,16 +292,8 @@ class _Checker:
         dims = hook_shape(self.model, hook, shape.batch, shape.pos)
         return torch.empty(dims, dtype=self.out.table.dtypes[hook], device="meta")
 
-    def _write(self, node: ir.Write, scope: _Scope) -> None:
+    def _write(self, node: ir.Write, scope: _MetaScope) -> None:
         act = self._activation(node, node.run, node.hook)
-        if node.mode not in ir.WRITE_MODES:
-            return self.err(
-                node.id, "mode", f"unknown write mode {node.mode!r}; expected one of {list(ir.WRITE_MODES)}"
-            )
-        if not isinstance(node.value, (ir.Ref, int, float)) or isinstance(node.value, bool):
-            return self.err(
-                node.id, "value", f"a written value must be a node or a number, got {node.value!r}"
-            )
         if act is None:
             return
         index = self._index(node.id, "index", tuple(act.shape), node.index, scope)
@@ -431,7 +320,12 @@ class _Checker:
                 )  # fmt: skip
 
     def _index(
-        self, node_id: int, fld: str, shape: tuple[int, ...], items: tuple[ir.IndexItem, ...], scope: _Scope
+        self,
+        node_id: int,
+        fld: str,
+        shape: tuple[int, ...],
+        items: tuple[ir.IndexItem, ...],
+        scope: _MetaScope,
     ) -> tuple[Any, ...] | None:
         """The index for meta tensors (None after reporting why ``items`` cannot index ``shape``)."""
         try:
@@ -440,7 +334,7 @@ class _Checker:
             return self.err(node_id, e.field, e.reason)
 
     # ------------------------------------------------------------------ sweeps
-    def _sweep(self, node: ir.Sweep, scope: _Scope) -> None:
+    def _sweep(self, node: ir.Sweep, scope: _MetaScope) -> None:
         runs = self.out.runs
         hooked = [
             n.id for n in self.out.nodes.values()
@@ -452,10 +346,10 @@ class _Checker:
                 f"the corrupted run has writes or code hooks (nodes {hooked}); a sweep patches a plain run",
             )  # fmt: skip
         metric_meta: dict[int, torch.Tensor] = {}
-        metric_scope = _Scope(
-            {}, metric_meta, self.out.metric_constants.setdefault(node.id, {}), parent=scope
-        )
-        ok = self._check_metric(node, metric_scope)
+        metric_scope = _MetaScope(
+            {m.id: m for m in node.metric}, metric_meta, self.out.metric_constants.setdefault(node.id, {}),
+            parent=scope,
+        )  # fmt: skip
         if node.clean not in runs or node.corrupted not in runs or hooked:
             return
         clean, corr = runs[node.clean], runs[node.corrupted]
@@ -468,8 +362,6 @@ class _Checker:
         geometry = sweep_geometry(self.model, self.out.table, node, corr.pos)
         if isinstance(geometry, tuple):
             return self.err(node.id, *geometry)
-        if not ok:
-            return
         # Shape inference of the metric, with the placeholder as the corrupted run's logits.
         logits = torch.empty(
             hook_shape(self.model, ir.LOGITS, corr.batch, corr.pos), dtype=self.out.table.dtypes[ir.LOGITS],
@@ -490,108 +382,3 @@ class _Checker:
             )
         self.out.sweeps[node.id] = geometry
         scope.meta[node.id] = torch.empty(geometry.sizes, dtype=torch.float32, device="meta")
-
-    def _check_metric(self, node: ir.Sweep, metric_scope: _Scope) -> bool:
-        ok = True
-        for m in node.metric:
-            if not isinstance(m, METRIC_NODES) or not isinstance(m.id, int):
-                self.err(node.id, "metric", f"a {kind(m)} cannot be part of a sweep metric")
-                ok = False
-            elif m.id in metric_scope.nodes:
-                self.err(m.id, "id", f"node id {m.id} is used twice in the metric of sweep {node.id}")
-                ok = False
-            else:
-                metric_scope.nodes[m.id] = m
-        placeholder = metric_scope.nodes.get(node.metric_input)
-        if not isinstance(placeholder, ir.SweepLogits):
-            self.err(
-                node.id, "metric_input", f"must be a SweepLogits node of the metric, got {kind(placeholder)}"
-            )
-            ok = False
-        extra = [
-            m.id
-            for m in metric_scope.nodes.values()
-            if isinstance(m, ir.SweepLogits) and m.id != node.metric_input
-        ]
-        if extra:
-            self.err(
-                node.id,
-                "metric",
-                f"only the metric_input may be a SweepLogits placeholder, not nodes {extra}",
-            )
-            ok = False
-        if node.metric_output not in metric_scope.nodes:
-            self.err(node.id, "metric_output", f"node {node.metric_output} is not part of the metric")
-            ok = False
-        if ok:
-            for nid in sorted(metric_scope.nodes):
-                ok = self._check_refs(metric_scope.nodes[nid], metric_scope, outer_limit=node.id) and ok
-        return ok
-
-    # ------------------------------------------------------------------ graph-wide
-    def _check_order_and_cycles(self) -> None:
-        nodes, deps, table = self.out.nodes, self.out.deps, self.out.table
-        assert table is not None
-        for n in nodes.values():
-            if n.id in self.broken:
-                continue
-            if isinstance(n, ir.Run):
-                own = [r for r in deps.reads_of(value_refs(n)) if getattr(nodes[r], "run", None) == n.id]
-                if own:
-                    self.err(
-                        n.id, "tokens", f"the run's inputs depend on its own activations (node {own[0]})"
-                    )
-            elif isinstance(n, ir.Write) and table.fires(n.hook):
-                for r in sorted(deps.reads_of(value_refs(n))):
-                    read = nodes[r]
-                    assert isinstance(read, ir.Read)
-                    if (
-                        read.run == n.run
-                        and table.fires(read.hook)
-                        and table.order[read.hook] > table.order[n.hook]
-                    ):
-                        self.err(
-                            n.id, "value",
-                            f"depends on {read.hook} (node {r}), which run {n.run} computes after {n.hook}: "
-                            "a write may only use earlier hooks of its own run",
-                        )  # fmt: skip
-                        break
-        reported: set[int] = set()
-        for unit, needs in deps.needs.items():
-            for other, witness in needs.items():
-                if other != unit and witness not in reported and deps.reaches(other, unit):
-                    reported.add(witness)
-                    self.err(
-                        witness, "",
-                        f"cross-run cycle: {kind(nodes[unit]).lower()} {unit} needs {kind(nodes[other]).lower()} "
-                        f"{other}, which itself needs {unit}",
-                    )  # fmt: skip
-
-    def _check_totals(self) -> None:
-        limits = self.limits
-        tokens = sum(r.batch * r.pos for r in self.out.runs.values())
-        if tokens > limits.max_tokens:
-            self.err(
-                None, "tokens", f"the runs total {tokens} tokens, more than the limit of {limits.max_tokens}"
-            )
-        result = 0
-        for n in self.out.nodes.values():
-            m = self.out.meta.get(n.id)
-            if isinstance(n, ir.Save) and m is not None:
-                result += m.numel() * m.element_size()
-                if result > limits.max_result_bytes:
-                    self.err(
-                        n.id, "",
-                        f"saved results would total {result} bytes, more than the limit of {limits.max_result_bytes}",
-                    )  # fmt: skip
-                    break
-        cells = 0
-        for sid, geometry in sorted(self.out.sweeps.items()):
-            cells += geometry.n_cells
-            if cells > limits.max_sweep_cells:
-                self.err(
-                    sid,
-                    "axes",
-                    f"sweeps total {cells} cells, more than the limit of {limits.max_sweep_cells}",
-                )
-                break

@@ -21,17 +21,8 @@ from typing import Any
 import torch
 
 from telelens.protos import ir
+from telelens.protos.torch_tensors import torch_dtype_names
 from telelens.trace.graph import GraphBuilder
-
-_TORCH_DTYPES: dict[torch.dtype, str] = {
-    torch.float32: "float32",
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-    torch.float64: "float64",
-    torch.int64: "int64",
-    torch.int32: "int32",
-    torch.bool: "bool",
-}
 
 # Stacked weights ([n_layers, ...] like TransformerLens's model.W_O) and where their per-layer
 # copy lives: t.W_O[3] becomes Weight("blocks.3.attn.W_O"), which the executor reads without
@@ -49,9 +40,10 @@ def dtype_name(dtype: str | torch.dtype | None) -> str | None:
     if dtype is None:
         return None
     if isinstance(dtype, torch.dtype):
-        if dtype not in _TORCH_DTYPES:
+        name = torch_dtype_names().get(dtype)
+        if name is None:
             raise ValueError(f"cannot save as {dtype}: use one of {ir.DTYPES}")
-        return _TORCH_DTYPES[dtype]
+        return name
     if dtype not in ir.DTYPES:
         raise ValueError(f"dtype must be one of {ir.DTYPES} or a torch dtype, got {dtype!r}")
     return dtype
@@ -108,7 +100,7 @@ def to_index(builder: GraphBuilder, idx: Any) -> tuple[ir.IndexItem, ...]:
             out.append(ir.NEW_AXIS)
         elif isinstance(item, slice):
             out.append(
-                ir.Slice(
+                ir.SliceItem(
                     _opt_int(item.start, "start"), _opt_int(item.stop, "stop"), _opt_int(item.step, "step")
                 )
             )

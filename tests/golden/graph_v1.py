@@ -39,14 +39,20 @@ def build_graph() -> ir.Graph:
         ir.Run(4, text=("",)),
         ir.Read(5, run=2, hook="blocks.0.hook_resid_post"),
         ir.Write(
-            6, run=3, hook="blocks.0.hook_resid_post", value=ir.Ref(5), index=(ir.Slice(), -1), mode="set"
+            6, run=3, hook="blocks.0.hook_resid_post", value=ir.Ref(5), index=(ir.SliceItem(), -1), mode="set"
         ),
         ir.Write(
             7,
             run=3,
             hook="blocks.1.attn.hook_z",
             value=0.5,
-            index=(ir.ELLIPSIS, ir.NEW_AXIS, ir.Slice(1, 3, 1), ir.Slice(None, -2), ir.Slice(step=2)),
+            index=(
+                ir.ELLIPSIS,
+                ir.NEW_AXIS,
+                ir.SliceItem(1, 3, 1),
+                ir.SliceItem(None, -2),
+                ir.SliceItem(step=2),
+            ),
             mode="add",
         ),
         ir.Write(8, run=3, hook="blocks.1.hook_mlp_out", value=-2.0, mode="mul"),
