@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["RemoteConfig", "RemoteHookPoint", "RemoteModel", "connect", "list_models", "model_info"]
 
 ModelInput = str | Sequence[str] | torch.Tensor
+_LAYER_WEIGHT = re.compile(r"^blocks\.(?P<layer>\d+)\.(attn|mlp)\.(?P<stacked>\w+)$")
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -274,9 +276,9 @@ class RemoteModel(ModelSurface):
     def _cached(self, name: str) -> torch.Tensor | None:
         if name in self._weights:
             return self._weights[name]
-        parts = name.split(".")  # blocks.{layer}.{attn|mlp}.{W}: a slice of a stacked W fetched before
-        if len(parts) == 4 and parts[0] == "blocks" and parts[2] in ("attn", "mlp") and parts[3] in self._weights:
-            return self._weights[parts[3]][int(parts[1])]
+        layer_weight = _LAYER_WEIGHT.match(name)
+        if layer_weight and layer_weight["stacked"] in self._weights:  # a layer of a stacked weight here
+            return self._weights[layer_weight["stacked"]][int(layer_weight["layer"])]
         return None
 
     def get_weight(self, name: str) -> torch.Tensor:

@@ -51,7 +51,7 @@ def attention_context(
             else torch.ones(batch, past + q_len, dtype=torch.long)
         )
         past_kv_cache.previous_attention_mask = full.to(device)
-    
+
     padded = attention_mask is not None and not bool(attention_mask.all())
     if padded:
         assert attention_mask is not None

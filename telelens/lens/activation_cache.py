@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import ItemsView, Iterator, KeysView, ValuesView
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import torch
 
@@ -74,7 +74,7 @@ class ActivationCache:
         self.has_pos_embed = "hook_pos_embed" in cache_dict
 
     # ------------------------------------------------------------------ dict-like access
-    def _resolve(self, key: str | tuple[object, ...]) -> str:
+    def _resolve(self, key: str | tuple[Any, ...]) -> str:
         """Full hook name of a key: a name, a shorthand, or ``(name, layer[, layer_type])``."""
         if isinstance(key, str):
             return key if key in self.cache_dict else get_act_name(key)
@@ -83,7 +83,7 @@ class ActivationCache:
             rest[0] += self.model.cfg.n_layers  # negative layers count from the end
         return get_act_name(name, *rest)
 
-    def __getitem__(self, key: str | tuple[object, ...]) -> torch.Tensor:
+    def __getitem__(self, key: str | tuple[Any, ...]) -> torch.Tensor:
         """``cache["blocks.0.attn.hook_pattern"]``, ``cache["pattern", 0]``, ``cache["scale", 2, "ln1"]``."""
         name = self._resolve(key)
         try:
@@ -353,7 +353,8 @@ class ActivationCache:
         """
         ns, ps = as_slice(neuron_slice), as_slice(pos_slice)
         acts = ns.apply(ps.apply(self["post", layer, "mlp"], dim=-2), dim=-1)  # [*batch_and_pos, neuron]
-        W_out = ns.apply(self.model.get_weight(f"blocks.{layer}.mlp.W_out"), dim=0).to(acts)  # [neuron, d_model]
+        W_out = self.model.get_weight(f"blocks.{layer}.mlp.W_out")
+        W_out = ns.apply(W_out, dim=0).to(acts)  # [neuron, d_model]
         if project_output_onto is None:
             return acts[..., None] * W_out
         projected = W_out @ project_output_onto.to(acts)  # [neuron(, n_out)]
