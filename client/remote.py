@@ -2,27 +2,32 @@
 
 ``telelens.connect("grpc://host:50051", model="smollm2-135m")`` returns one. It is a
 :class:`~telelens.trace.backend.GraphBackend` (``execute`` sends a graph, results stream
-back) and offers the HookedTransformer surface that makes sense at a distance:
-``cfg``, ``hook_names``, ``tokenizer`` and ``to_tokens``/``to_str_tokens``/... (tokenized here,
-exactly as the core does), ``run_with_cache`` (an ``ActivationCache``), ``run_with_hooks``
-with declarative ops, ``trace()``, ``generate`` and lazily fetched weights (``W_U``,
-``W_O``, ``blocks[3].attn.W_O``, ...).
+back) and a :class:`~telelens.lens.surface.ModelSurface`: the weight views (``W_U``, ``W_O``,
+``QK``, ...), ``accumulated_bias``, ``loss_fn``, token methods and ``generate`` are the local
+model's own code, over this class's ``get_weight`` (fetched once, then cached) and ``execute``.
+What stays here is what is remote: the connection, the weight fetch cache, text preparation.
+``blocks[3].attn.W_O``, ``blocks[3].ln1(x)`` and ``ln_final(x)`` are views over ``get_weight``
+(``telelens.lens.views``).
 
 Importing this module imports neither gRPC nor ``telelens.core``: the transport is imported
-by :func:`connect`, the core's ``ActivationCache`` and sampling code when first used.
+by :func:`connect`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from telelens.client.remote_config import RemoteConfig, RemoteHookPoint
 from telelens.client.tokenizer import RemoteTokenizer
-from telelens.lens.tokens import TokenMethods
+from telelens.lens.norm import final_norm_kind
+from telelens.lens.surface import ModelSurface
+from telelens.lens.views import BlocksView, NormView
 from telelens.protos import ir
 from telelens.trace import builders
 from telelens.trace.tracing import Tracer
@@ -30,134 +35,17 @@ from telelens.trace.tracing import Tracer
 if TYPE_CHECKING:
     from telelens.client.transport import RetryPolicy, Transport
     from telelens.lens.activation_cache import ActivationCache
-    from telelens.lens.factored_matrix import FactoredMatrix
+    from telelens.lens.generation import StepFn
     from telelens.protos import service_pb2
 
+__all__ = ["RemoteConfig", "RemoteHookPoint", "RemoteModel", "connect", "list_models", "model_info"]
+
 ModelInput = str | Sequence[str] | torch.Tensor
-
-ATTN_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
-MLP_WEIGHTS = ("W_in", "W_gate", "W_out", "b_in", "b_out")
-
-
-# ---------------------------------------------------------------------------------------- config
-class RemoteConfig:
-    """The server model's ``HookedTransformerConfig`` as attributes (from its JSON).
-
-    ``dtype`` is a torch dtype, as in the core; ``device`` is "cpu", where results arrive
-    (the server's device is ``server_device``).
-    """
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        values = dict(values)
-        dtype = values.get("dtype", "float32")
-        if isinstance(dtype, str):
-            values["dtype"] = getattr(torch, dtype.removeprefix("torch."), dtype)
-        values["server_device"] = values.get("device")
-        values["device"] = "cpu"
-        self.__dict__.update(values)
-
-    def __getattr__(self, name: str) -> Any:  # only for names that are not set
-        raise AttributeError(f"the server model's config has no field {name!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["dtype"] = str(d["dtype"]).removeprefix("torch.")
-        return d
-
-    @property
-    def n_params(self) -> int:
-        """Parameters in the blocks (embeddings excluded), counted as the core counts them."""
-        kv = int(getattr(self, "n_key_value_heads", None) or self.n_heads)
-        attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * kv)
-        d_mlp = int(getattr(self, "d_mlp", None) or 0)
-        mlp = 0 if getattr(self, "attn_only", False) else (3 if getattr(self, "gated_mlp", False) else 2)
-        return self.n_layers * (attn + mlp * self.d_model * d_mlp)
-
-    def __repr__(self) -> str:
-        keys = ("model_name", "n_layers", "d_model", "n_heads", "d_head", "d_vocab", "dtype")
-        return "RemoteConfig(" + ", ".join(f"{k}={getattr(self, k, None)!r}" for k in keys) + ", ...)"
-
-
-class RemoteHookPoint:
-    """A hook point of the server model: its name and dimension names (nothing to attach to)."""
-
-    def __init__(self, name: str, shape: tuple[str, ...]) -> None:
-        self.name = name
-        self.shape = shape
-
-    def __repr__(self) -> str:
-        return f"<RemoteHookPoint {self.name} [{', '.join(self.shape)}]>"
-
-
-# ---------------------------------------------------------------------------------------- weights
-class _PartView:
-    """``model.blocks[l].attn`` / ``.mlp``: per-layer weights, fetched on first use."""
-
-    def __init__(self, model: RemoteModel, layer: int, part: str, names: tuple[str, ...]) -> None:
-        self._model, self._layer, self._part, self._names = model, layer, part, names
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name not in self._names:
-            raise AttributeError(
-                f"remote blocks[{self._layer}].{self._part} has weights {', '.join(self._names)}; "
-                f"no {name!r} (modules and hooks do not exist on this side)"
-            )
-        return self._model._layer_weight(self._layer, self._part, name)
-
-    def __dir__(self) -> list[str]:
-        return list(self._names)
-
-
-class _BlockView:
-    """``model.blocks[l]``: ``.attn`` and ``.mlp`` weight views."""
-
-    def __init__(self, model: RemoteModel, layer: int) -> None:
-        self.layer = layer
-        self.attn = _PartView(model, layer, "attn", ATTN_WEIGHTS)
-        if not getattr(model.cfg, "attn_only", False):
-            self.mlp = _PartView(model, layer, "mlp", MLP_WEIGHTS)
-
-    def __repr__(self) -> str:
-        return f"<remote block {self.layer}>"
-
-
-class _Blocks(Sequence[_BlockView]):
-    def __init__(self, model: RemoteModel) -> None:
-        self._views = [_BlockView(model, layer) for layer in range(model.cfg.n_layers)]
-
-    def __len__(self) -> int:
-        return len(self._views)
-
-    def __getitem__(self, i: Any) -> Any:
-        return self._views[i]
-
-
-class _RemoteNorm:
-    """``model.ln_final`` on the client: the server's norm with its weights (``ln_final.w`` and
-    ``ln_final.b``, fetched on first use), for ``apply_ln`` at the final layer (the logit lens),
-    computed by the core's own :func:`~telelens.lens.norm.normalize`."""
-
-    def __init__(self, model: RemoteModel) -> None:
-        self.model = model
-        self.kind: str = model.cfg.normalization_type
-        self.eps: float = float(getattr(model.cfg, "eps", 1e-5))
-
-    def _weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        names = [n for n in ("ln_final.w", "ln_final.b") if n in self.model.weight_shapes]
-        got = self.model.fetch_weights(names) if names else {}
-        return got.get("ln_final.w"), got.get("ln_final.b")
-
-    def parameters(self) -> Any:
-        return iter(w for w in self._weights() if w is not None)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from telelens.lens.norm import normalize
-
-        return normalize(x, self.kind, *self._weights(), self.eps)
+_LAYER_WEIGHT = re.compile(r"^blocks\.(?P<layer>\d+)\.(attn|mlp)\.(?P<stacked>\w+)$")
 
 
 # ---------------------------------------------------------------------------------------- model
-class RemoteModel(TokenMethods):
+class RemoteModel(ModelSurface):
     """A model on a telelens server, used like a local ``HookedTransformer``.
 
     Build with :func:`connect`. Everything that runs the model sends one intervention graph;
@@ -188,8 +76,10 @@ class RemoteModel(TokenMethods):
         if self.tokenizer is not None and not hasattr(self.cfg, "default_padding_side"):
             setattr(self.cfg, "default_padding_side", self.tokenizer.padding_side)  # noqa: B010
         self._weights: dict[str, torch.Tensor] = {}
-        self.blocks = _Blocks(self)
-        self.ln_final = None if getattr(self.cfg, "normalization_type", None) is None else _RemoteNorm(self)
+        self.blocks = BlocksView(self)
+        """``blocks[l].attn.W_O``, ``blocks[l].mlp.W_out``, ``blocks[l].ln1(x)``: views over ``get_weight``."""
+        final_kind = final_norm_kind(self.cfg)
+        self.ln_final = None if final_kind is None else NormView(self, "ln_final", final_kind)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -236,13 +126,6 @@ class RemoteModel(TokenMethods):
     def hook_dict(self) -> dict[str, RemoteHookPoint]:
         """Hook points in forward order (names and dimension names; nothing to attach locally)."""
         return {n: RemoteHookPoint(n, self._hook_shapes[n]) for n in self.hook_names}
-
-    def hook_shapes(self) -> dict[str, tuple[str, ...]]:
-        """Every hook name with its dimension names, e.g. ("batch", "pos", "d_model")."""
-        return dict(self._hook_shapes)
-
-    def all_head_labels(self) -> list[str]:
-        return [f"L{layer}H{head}" for layer in range(self.cfg.n_layers) for head in range(self.cfg.n_heads)]
 
     # ------------------------------------------------------------------ tokenization
     # to_tokens, to_str_tokens, to_single_token, ...: telelens.lens.tokens.TokenMethods, shared with the
@@ -343,41 +226,11 @@ class RemoteModel(TokenMethods):
 
     __call__ = forward
 
-    def loss_fn(self, logits: torch.Tensor, tokens: torch.Tensor, per_token: bool = False) -> torch.Tensor:
-        """Next-token cross-entropy of logits you already have (computed here, like the core)."""
-        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -log_probs.gather(-1, tokens[:, 1:, None].to(logits.device))[..., 0]
-        return nll if per_token else nll.mean()
-
     # ------------------------------------------------------------------ generation
-    @torch.no_grad()
-    def generate(
-        self,
-        input: ModelInput = "",
-        max_new_tokens: int = 10,
-        stop_at_eos: bool = True,
-        eos_token_id: int | list[int] | None = None,
-        do_sample: bool = True,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        temperature: float = 1.0,
-        freq_penalty: float = 0.0,
-        use_past_kv_cache: bool = True,
-        prepend_bos: bool | None = None,
-        padding_side: Literal["left", "right"] | None = None,
-        return_type: Literal["input", "str", "tokens"] = "input",
-        verbose: bool = True,
-        seed: int | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> Any:
-        """TransformerLens's ``generate``, as a loop of runs on the server.
-
-        Each step sends the whole sequence so far (the server keeps no state between
-        requests, so ``use_past_kv_cache`` is accepted and ignored) and brings back only the
-        next token (greedy: the argmax is taken on the server) or the last position's logits
-        (sampling, done here). The loop is the core's (``telelens.lens.generation``).
-        """
-        from telelens.lens.generation import generation_loop
+    def _generation_step(self, use_past_kv_cache: bool) -> tuple[StepFn, str]:
+        """One graph per step with the whole sequence so far (the server keeps no state between
+        requests, so ``use_past_kv_cache`` is ignored); only the next token (greedy: the argmax is
+        taken on the server) or the last position's logits (sampling, done here) come back."""
 
         def step(
             all_tokens: torch.Tensor,
@@ -386,22 +239,17 @@ class RemoteModel(TokenMethods):
             new_mask: torch.Tensor | None,
             greedy: bool,
         ) -> torch.Tensor:
-            graph, decode = self._next_token_graph(all_tokens, all_mask, greedy)
-            out = decode(self.execute(graph, progress=False))[0]  # one bar (the loop's), not one per step
+            graph, outputs = self._next_token_graph(all_tokens, all_mask, greedy)
+            out = outputs(self.execute(graph, progress=False))[0]  # one bar (the loop's), not one per step
             assert out is not None
             return out
 
-        return generation_loop(
-            self, input, step, "cpu", max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
-            eos_token_id=eos_token_id, do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature,
-            freq_penalty=freq_penalty, prepend_bos=prepend_bos, padding_side=padding_side,
-            return_type=return_type, verbose=verbose, seed=seed, attention_mask=attention_mask,
-        )  # fmt: skip
+        return step, "cpu"
 
     @staticmethod
     def _next_token_graph(
         tokens: torch.Tensor, mask: torch.Tensor | None, greedy: bool
-    ) -> tuple[ir.Graph, builders.Decode]:
+    ) -> tuple[ir.Graph, builders.OutputMap]:
         """One generation step: the last position's logits [batch, d_vocab_out], or their argmax."""
         from telelens.trace.graph import GraphBuilder
         from telelens.trace.proxies import make_run, save
@@ -409,13 +257,13 @@ class RemoteModel(TokenMethods):
         builder = GraphBuilder()
         last = make_run(builder, tokens, attention_mask=mask).logits[:, -1]
         name = save(builder, last.argmax(-1) if greedy else last, "next").name
-        return builder.graph(), builders.Decode(output=name)
+        return builder.graph(), builders.OutputMap(output=name)
 
     # ------------------------------------------------------------------ weights
-    def fetch_weights(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Fetch weights by name in one request (``W_U``, ``W_O`` stacked, ``blocks.3.attn.W_O``);
-        cached, so each travels once."""
-        missing = [n for n in dict.fromkeys(names) if n not in self._weights]
+    def get_weights(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Weights by name in one request (``W_U``, ``W_O`` stacked, ``blocks.3.attn.W_O``); cached,
+        so each travels once, and a layer of a stacked weight already here is sliced from it."""
+        missing = [n for n in dict.fromkeys(names) if self._cached(n) is None]
         if missing:
             nodes: list[ir.Node] = []
             for i, name in enumerate(missing):
@@ -423,151 +271,32 @@ class RemoteModel(TokenMethods):
             result = self.execute(ir.Graph(tuple(nodes)))
             for i, name in enumerate(missing):
                 self._weights[name] = result[f"w{i}"]
-        return {n: self._weights[n] for n in names}
+        return {n: self._cached(n) for n in names}  # type: ignore[misc]
+
+    def _cached(self, name: str) -> torch.Tensor | None:
+        if name in self._weights:
+            return self._weights[name]
+        layer_weight = _LAYER_WEIGHT.match(name)
+        if layer_weight and layer_weight["stacked"] in self._weights:  # a layer of a stacked weight here
+            return self._weights[layer_weight["stacked"]][int(layer_weight["layer"])]
+        return None
 
     def get_weight(self, name: str) -> torch.Tensor:
         """One weight by name (fetched once, then cached)."""
-        return self.fetch_weights([name])[name]
+        return self.get_weights([name])[name]
 
-    def _layer_weight(self, layer: int, part: str, name: str) -> torch.Tensor | None:
-        if name == "W_gate" and not getattr(self.cfg, "gated_mlp", False):
-            return None
-        if name in self._weights:  # the stacked weight is here already: slice it
-            return self._weights[name][layer]
-        return self.get_weight(f"blocks.{layer}.{part}.{name}")
+    def has_weight(self, name: str) -> bool:
+        """Whether the server lists the weight ``name`` (see ``weight_shapes``)."""
+        return name in self.weight_shapes
 
-    def _stacked(self, name: str) -> torch.Tensor:
-        if name in MLP_WEIGHTS and getattr(self.cfg, "attn_only", False):
-            raise AttributeError("an attention-only model has no MLP weights")
-        return self.get_weight(name)
-
-    @property
-    def W_U(self) -> torch.Tensor:
-        """[d_model, d_vocab_out]"""
-        return self.get_weight("W_U")
-
-    @property
-    def b_U(self) -> torch.Tensor:
-        return self.get_weight("b_U")
-
-    @property
-    def W_E(self) -> torch.Tensor:
-        """[d_vocab, d_model]"""
-        return self.get_weight("W_E")
-
-    @property
-    def W_pos(self) -> torch.Tensor:
-        """[n_ctx, d_model] (learned positions only)."""
-        if getattr(self.cfg, "positional_embedding_type", "standard") != "standard":
-            raise AttributeError("this model uses rotary positions: it has no W_pos")
-        return self.get_weight("W_pos")
-
-    @property
-    def W_E_pos(self) -> torch.Tensor:
-        """W_E and W_pos concatenated: [d_vocab + n_ctx, d_model]."""
-        return torch.cat([self.W_E, self.W_pos], dim=0)
-
-    @property
-    def W_Q(self) -> torch.Tensor:
-        """[n_layers, n_heads, d_model, d_head]"""
-        return self._stacked("W_Q")
-
-    @property
-    def W_K(self) -> torch.Tensor:
-        return self._stacked("W_K")
-
-    @property
-    def W_V(self) -> torch.Tensor:
-        return self._stacked("W_V")
-
-    @property
-    def W_O(self) -> torch.Tensor:
-        """[n_layers, n_heads, d_head, d_model]"""
-        return self._stacked("W_O")
-
-    @property
-    def b_Q(self) -> torch.Tensor:
-        return self._stacked("b_Q")
-
-    @property
-    def b_K(self) -> torch.Tensor:
-        return self._stacked("b_K")
-
-    @property
-    def b_V(self) -> torch.Tensor:
-        return self._stacked("b_V")
-
-    @property
-    def b_O(self) -> torch.Tensor:
-        return self._stacked("b_O")
-
-    @property
-    def W_in(self) -> torch.Tensor:
-        """[n_layers, d_model, d_mlp]"""
-        return self._stacked("W_in")
-
-    @property
-    def W_gate(self) -> torch.Tensor | None:
-        return self._stacked("W_gate") if getattr(self.cfg, "gated_mlp", False) else None
-
-    @property
-    def W_out(self) -> torch.Tensor:
-        """[n_layers, d_mlp, d_model]"""
-        return self._stacked("W_out")
-
-    @property
-    def b_in(self) -> torch.Tensor:
-        return self._stacked("b_in")
-
-    @property
-    def b_out(self) -> torch.Tensor:
-        return self._stacked("b_out")
-
-    @property
-    def QK(self) -> FactoredMatrix:
-        """[n_layers, n_heads, d_model, d_model] as a FactoredMatrix (core's, imported on use)."""
-        from telelens.lens.factored_matrix import FactoredMatrix
-
-        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
-
-    @property
-    def OV(self) -> FactoredMatrix:
-        from telelens.lens.factored_matrix import FactoredMatrix
-
-        return FactoredMatrix(self.W_V, self.W_O)
-
-    def accumulated_bias(
-        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> torch.Tensor:
-        """Sum of the output biases of every component before ``layer`` (its MLP too if ``mlp_input``)."""
-        attn_only = getattr(self.cfg, "attn_only", False)
-        names = ["b_O"] if attn_only or not include_mlp_biases else ["b_O", "b_out"]
-        w = self.fetch_weights(names)
-        total = torch.zeros(self.cfg.d_model, dtype=w["b_O"].dtype)
-        for i in range(layer):  # summed in the core's order, so the numbers match exactly
-            total = total + w["b_O"][i]
-            if include_mlp_biases and not attn_only:
-                total = total + w["b_out"][i]
-        if mlp_input:
-            if layer >= self.cfg.n_layers:
-                raise ValueError("mlp_input needs a layer below n_layers")
-            total = total + w["b_O"][layer]
-        return total
-
-    def tokens_to_residual_directions(self, tokens: str | int | torch.Tensor | Sequence[int]) -> torch.Tensor:
-        """Unembedding directions of tokens: [d_model] for one, [..., d_model] for many.
-
-        Only the requested columns of ``W_U`` travel (unless ``W_U`` is cached already).
-        """
-        if isinstance(tokens, str):
-            tokens = self.to_single_token(tokens)
-        t = torch.as_tensor(tokens, dtype=torch.long)
+    def _unembed_directions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Only the requested columns of ``W_U`` travel (unless ``W_U`` is cached already)."""
         if "W_U" in self._weights:
-            return self._weights["W_U"].T[t]
+            return self._weights["W_U"].T[tokens]
         with Tracer(self) as tr:
-            cols = tr.W_U[:, t] if t.dim() else tr.W_U[:, int(t)]  # [d_model, *t.shape]
+            cols = tr.W_U[:, tokens] if tokens.dim() else tr.W_U[:, int(tokens)]  # [d_model, *tokens.shape]
             saved = tr.save(cols, "directions")
-        return saved.value.movedim(0, -1) if t.dim() else saved.value
+        return saved.value.movedim(0, -1) if tokens.dim() else saved.value
 
 
 # ---------------------------------------------------------------------------------------- connect

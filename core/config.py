@@ -148,9 +148,9 @@ class HookedTransformerConfig:
     @property
     def n_params(self) -> int:
         """Parameters in the blocks (embeddings excluded), as TransformerLens counts them."""
-        attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * int(self.n_key_value_heads or 0))
-        mlp = 0 if self.attn_only else (3 if self.gated_mlp else 2) * self.d_model * int(self.d_mlp or 0)
-        return self.n_layers * (attn + mlp)
+        from telelens.lens.surface import block_param_count
+
+        return block_param_count(self)
 
     @property
     def repeat_kv_heads(self) -> int:

@@ -1,32 +1,26 @@
-"""``HookedTransformer.generate``: the shared token loop (``telelens.lens.generation``) around a
-KV-cached forward step in this process."""
+"""``HookedTransformer.generate``'s step: a KV-cached forward pass in this process.
+
+The token loop itself (batching, left padding, EOS, sampling) is the shared
+:func:`telelens.lens.generation.generation_loop`, run by ``ModelSurface.generate``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from telelens.lens.generation import generation_loop, sample_logits
+from telelens.core.forward_context import HookedTransformerKeyValueCache
+from telelens.lens.generation import StepFn, sample_logits
 
 if TYPE_CHECKING:
-    from telelens.core.hooked_transformer import HookedTransformer, ModelInput
+    from telelens.core.hooked_transformer import HookedTransformer
 
-__all__ = ["generate", "sample_logits"]
+__all__ = ["forward_step", "sample_logits"]
 
 
-def generate(
-    model: HookedTransformer,
-    input: ModelInput = "",
-    max_new_tokens: int = 10,
-    use_past_kv_cache: bool = True,
-    **kwargs: Any,
-) -> Any:
-    """TransformerLens's ``generate`` (see :func:`telelens.lens.generation.generation_loop` for the
-    options). With ``use_past_kv_cache`` each step runs only the new tokens through the model."""
-    from telelens.core.hooked_transformer import HookedTransformerKeyValueCache
-
-    device = model._module_device(model.embed)
+def forward_step(model: HookedTransformer, use_past_kv_cache: bool = True) -> StepFn:
+    """One generation step of ``model``; with ``use_past_kv_cache`` each step runs only the new tokens."""
     cache = HookedTransformerKeyValueCache.init_cache(model.cfg) if use_past_kv_cache else None
 
     def step(
@@ -43,4 +37,4 @@ def generate(
         final = logits[:, -1, :]
         return final.argmax(dim=-1) if greedy else final
 
-    return generation_loop(model, input, step, device, max_new_tokens=max_new_tokens, **kwargs)
+    return step

@@ -7,50 +7,39 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from telelens.core import devices
 from telelens.core.components import Embed, Norm, PosEmbed, Rotary, TransformerBlock, Unembed
-from telelens.core.components.attention import AttentionContext, LayerKVCache
+from telelens.core.components.attention import AttentionContext
 from telelens.core.config import HookedTransformerConfig
+from telelens.core.forward_context import HookedTransformerKeyValueCache, attention_context
 from telelens.core.hook_points import HookedRootModule, HookPoint
-from telelens.lens.factored_matrix import FactoredMatrix
-from telelens.lens.tokens import TokenMethods
+from telelens.core.pretrained import PretrainedConstructors
+from telelens.lens.surface import ModelSurface
 
 if TYPE_CHECKING:
     from telelens.lens.activation_cache import ActivationCache
+    from telelens.lens.generation import StepFn
+    from telelens.protos import ir
+
+__all__ = ["HookedTransformer", "HookedTransformerKeyValueCache", "ModelInput"]
 
 logger = logging.getLogger(__name__)
 
 ModelInput = str | Sequence[str] | torch.Tensor
 
 
-class HookedTransformerKeyValueCache:
-    """Per-layer keys/values plus the attention mask of everything seen so far (for ``generate``)."""
-
-    def __init__(self, n_layers: int) -> None:
-        self.entries = [LayerKVCache() for _ in range(n_layers)]
-        self.previous_attention_mask: torch.Tensor | None = None  # [batch, past_pos]
-
-    @classmethod
-    def init_cache(
-        cls, cfg: HookedTransformerConfig, device: Any = None, batch_size: int = 1
-    ) -> HookedTransformerKeyValueCache:
-        return cls(cfg.n_layers)
-
-    @property
-    def past_length(self) -> int:
-        k = self.entries[0].k
-        return 0 if k is None else int(k.shape[1])
-
-
-class HookedTransformer(TokenMethods, HookedRootModule):
+class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
     """A decoder-only transformer with TransformerLens's hook names, shapes and methods.
 
     Build one from a config (random weights) with ``HookedTransformer(cfg)``, or load
     weights with :meth:`from_pretrained` (hub name, TransformerLens alias, local Hugging
-    Face folder, or ``.gguf`` file).
+    Face folder, or ``.gguf`` file; see :class:`~telelens.core.pretrained.PretrainedConstructors`).
+    The weight views (``W_U``, ``W_O``, ``QK``, ...),
+    ``accumulated_bias``, ``loss_fn`` and ``generate`` come from
+    :class:`~telelens.lens.surface.ModelSurface`, shared with ``RemoteModel``, over this
+    class's :meth:`get_weight` and :meth:`execute`.
     """
 
     def __init__(
@@ -109,110 +98,6 @@ class HookedTransformer(TokenMethods, HookedRootModule):
                         torch.randn(p.shape, generator=gen, dtype=torch.float32) * self.cfg.initializer_range
                     )
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        model_name: str,
-        fold_ln: bool = True,
-        center_writing_weights: bool = True,
-        center_unembed: bool | None = None,
-        refactor_factored_attn_matrices: bool = False,
-        checkpoint_index: int | None = None,
-        checkpoint_value: int | None = None,
-        hf_model: Any = None,
-        device: str | torch.device | None = None,
-        n_devices: int = 1,
-        tokenizer: Any = None,
-        move_to_device: bool = True,
-        fold_value_biases: bool = True,
-        default_prepend_bos: bool | None = None,
-        default_padding_side: Literal["left", "right"] = "right",
-        dtype: str | torch.dtype = torch.float32,
-        first_n_layers: int | None = None,
-        device_map: Sequence[str] | None = None,
-        **from_pretrained_kwargs: Any,
-    ) -> HookedTransformer:
-        """Load weights by hub name, TransformerLens alias, local folder or ``.gguf`` file.
-
-        Weight processing follows TransformerLens's defaults (fold LayerNorm, center
-        writing weights, center unembed, fold value biases); logits then differ from
-        Hugging Face's by a constant per position (log-probs agree). ``center_unembed``
-        defaults to True except for tied embeddings, where it would untie them.
-        Use :meth:`from_pretrained_no_processing` for Hugging Face's exact logits.
-        """
-        from telelens.core.loading import load_pretrained
-
-        if checkpoint_index is not None or checkpoint_value is not None:
-            raise NotImplementedError(
-                "training checkpoints (checkpoint_index/checkpoint_value) are not supported yet: "
-                "pass the checkpoint's folder as model_name instead"
-            )
-
-        return load_pretrained(
-            cls,
-            model_name,
-            fold_ln=fold_ln,
-            center_writing_weights=center_writing_weights,
-            center_unembed=center_unembed,
-            fold_value_biases=fold_value_biases,
-            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
-            hf_model=hf_model,
-            device=device,
-            n_devices=n_devices,
-            device_map=list(device_map) if device_map is not None else None,
-            tokenizer=tokenizer,
-            move_to_device=move_to_device,
-            default_prepend_bos=default_prepend_bos,
-            default_padding_side=default_padding_side,
-            dtype=dtype,
-            first_n_layers=first_n_layers,
-            **from_pretrained_kwargs,
-        )
-
-    @classmethod
-    def from_pretrained_no_processing(
-        cls,
-        model_name: str,
-        fold_ln: bool = False,
-        center_writing_weights: bool = False,
-        center_unembed: bool = False,
-        refactor_factored_attn_matrices: bool = False,
-        fold_value_biases: bool = False,
-        dtype: str | torch.dtype = torch.float32,
-        **kwargs: Any,
-    ) -> HookedTransformer:
-        """Load with no weight processing: logits equal Hugging Face's."""
-        return cls.from_pretrained(
-            model_name,
-            fold_ln=fold_ln,
-            center_writing_weights=center_writing_weights,
-            center_unembed=center_unembed,
-            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
-            fold_value_biases=fold_value_biases,
-            dtype=dtype,
-            **kwargs,
-        )
-
-    def process_weights_(
-        self,
-        fold_ln: bool = True,
-        center_writing_weights: bool = True,
-        center_unembed: bool = True,
-        fold_value_biases: bool = True,
-        refactor_factored_attn_matrices: bool = False,
-    ) -> None:
-        """Apply TransformerLens's weight processing in place (see ``telelens.core.weight_processing``)."""
-        from telelens.core.weight_processing import process_weights
-
-        process_weights(
-            self,
-            fold_ln=fold_ln,
-            center_writing_weights=center_writing_weights,
-            center_unembed=center_unembed,
-            fold_value_biases=fold_value_biases,
-            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
-        )
-
     def set_tokenizer(self, tokenizer: Any, default_padding_side: Literal["left", "right"] = "right") -> None:
         """Attach a Hugging Face tokenizer (a pad token is borrowed from EOS when missing)."""
         if tokenizer.pad_token is None:
@@ -256,12 +141,40 @@ class HookedTransformer(TokenMethods, HookedRootModule):
     def _tokens_device(self) -> torch.device:
         return self._module_device(self.embed)
 
-    def tokens_to_residual_directions(self, tokens: str | int | torch.Tensor | Sequence[int]) -> torch.Tensor:
-        """Unembedding directions of tokens: [d_model] for one token, [..., d_model] for many."""
-        if isinstance(tokens, str):
-            tokens = self.to_single_token(tokens)
-        t = torch.as_tensor(tokens, device=self.unembed.weight.device)
-        return self.unembed.weight[t]  # rows of W_U.T: [..., d_model]
+    # ------------------------------------------------------------------ the surface's primitives
+    def get_weight(self, name: str) -> torch.Tensor:
+        """One weight by name, as ``Weight`` graph nodes resolve it (``telelens.core.graph.weights``):
+        the stored tensor itself (``W_E``, ``blocks.3.attn.W_O``), a view (``W_U``), or the layers
+        stacked (``W_O`` [n_layers, n_heads, d_head, d_model])."""
+        from telelens.core.graph import weights
+
+        error = weights.weight_error(self, name)
+        if error is not None:
+            raise AttributeError(error)
+        return weights.get_weight(self, name)
+
+    def has_weight(self, name: str) -> bool:
+        from telelens.core.graph.weights import weight_error
+
+        return weight_error(self, name) is None
+
+    @property
+    def hook_names(self) -> list[str]:
+        """Hook points that fire under the current switches, in forward order (as a server lists them)."""
+        from telelens.core.graph.local import LocalBackend
+
+        return LocalBackend(self).hook_names
+
+    def execute(self, graph: ir.Graph, allow_code: bool = False) -> dict[str, torch.Tensor]:
+        """Validate and run an intervention graph in this process (code hooks need ``allow_code``)."""
+        from telelens.core.graph.local import LocalBackend
+
+        return LocalBackend(self).execute(graph, allow_code=allow_code)
+
+    def _generation_step(self, use_past_kv_cache: bool) -> tuple[StepFn, torch.device]:
+        from telelens.core.generation import forward_step
+
+        return forward_step(self, use_past_kv_cache), self._module_device(self.embed)
 
     # ------------------------------------------------------------------ forward
     def _attention_context(
@@ -273,37 +186,8 @@ class HookedTransformer(TokenMethods, HookedRootModule):
         device: torch.device,
     ) -> tuple[AttentionContext, torch.Tensor]:
         """Mask and positions for this pass, accounting for left padding and the KV cache."""
-        past = past_kv_cache.past_length if past_kv_cache is not None else 0
-        if past_kv_cache is not None and past_kv_cache.previous_attention_mask is not None:
-            new = attention_mask if attention_mask is not None else torch.ones(batch, q_len, dtype=torch.long)
-            attention_mask = torch.cat((past_kv_cache.previous_attention_mask, new.to(device)), dim=1)
-        if past_kv_cache is not None:
-            full = (
-                attention_mask
-                if attention_mask is not None
-                else torch.ones(batch, past + q_len, dtype=torch.long)
-            )
-            past_kv_cache.previous_attention_mask = full.to(device)
-
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        if padded:
-            assert attention_mask is not None
-            key_mask = attention_mask.to(device).bool()  # [batch, key_pos]
-            positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -q_len:]  # [batch, pos]
-            causal = torch.ones(q_len, past + q_len, dtype=torch.bool, device=device).tril(past)
-            mask = causal[None] & key_mask[:, None, :]  # [batch, query_pos, key_pos]
-            # A padding query sees no key: let it see all so no NaN appears (its output is unused).
-            mask = mask | ~mask.any(-1, keepdim=True)
-            mask = mask[:, None]  # [batch, 1, query_pos, key_pos]
-        else:
-            positions = torch.arange(past, past + q_len, device=device)[None]  # [1, pos]
-            mask = None
-            if past and q_len > 1:
-                mask = torch.ones(q_len, past + q_len, dtype=torch.bool, device=device).tril(past)[None, None]
-        rotary = None
-        if hasattr(self, "rotary"):
-            rotary = self.rotary.tables(positions, self.cfg.dtype)
-        return AttentionContext(mask=mask, rotary=rotary), positions
+        rotary = getattr(self, "rotary", None)
+        return attention_context(self.cfg, rotary, batch, q_len, attention_mask, past_kv_cache, device)
 
     def input_to_embed(
         self,
@@ -411,24 +295,6 @@ class HookedTransformer(TokenMethods, HookedRootModule):
             return logits, loss
         raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
 
-    def loss_fn(
-        self,
-        logits: torch.Tensor,
-        tokens: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        per_token: bool = False,
-    ) -> torch.Tensor:
-        """Next-token cross-entropy; padding positions (attention_mask 0) are left out."""
-        tokens = tokens.to(logits.device)
-        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, pos - 1]
-        if attention_mask is not None:
-            keep = (attention_mask[:, 1:] * attention_mask[:, :-1]).to(nll.device).bool()
-            if per_token:
-                return nll * keep
-            return nll[keep].mean()
-        return nll if per_token else nll.mean()
-
     # ------------------------------------------------------------------ caching
     def _make_cache(self, cache_dict: dict[str, torch.Tensor], has_batch_dim: bool) -> ActivationCache:
         from telelens.lens.activation_cache import ActivationCache
@@ -450,14 +316,6 @@ class HookedTransformer(TokenMethods, HookedRootModule):
         fast path (fused attention where no pattern or score is cached).
         """
         return super().run_with_cache(*args, **kwargs)
-
-    # ------------------------------------------------------------------ generation
-    @torch.no_grad()  # not inference_mode: the returned tokens must be usable in autograd later
-    def generate(self, input: ModelInput = "", max_new_tokens: int = 10, **kwargs: Any) -> Any:
-        """Sample a continuation (greedy with ``do_sample=False``); see ``telelens.core.generation``."""
-        from telelens.core.generation import generate
-
-        return generate(self, input, max_new_tokens=max_new_tokens, **kwargs)
 
     # ------------------------------------------------------------------ intervention graphs
     def trace(self, allow_code: bool = False) -> Any:
@@ -511,132 +369,3 @@ class HookedTransformer(TokenMethods, HookedRootModule):
             if name.endswith(suffix) and not getattr(self.cfg, flag):
                 return f"call model.{call} first"
         return None
-
-    # ------------------------------------------------------------------ weights
-    def _stack(self, get: Any) -> torch.Tensor:
-        dev = self._module_device(self.embed)
-        return torch.stack([get(block).to(dev) for block in self.blocks], dim=0)
-
-    @property
-    def W_U(self) -> torch.Tensor:
-        """[d_model, d_vocab_out]"""
-        return self.unembed.W_U
-
-    @property
-    def b_U(self) -> torch.Tensor:
-        return self.unembed.b_U
-
-    @property
-    def W_E(self) -> torch.Tensor:
-        """[d_vocab, d_model]"""
-        return self.embed.W_E
-
-    @property
-    def W_pos(self) -> torch.Tensor:
-        """[n_ctx, d_model] (learned positions only)."""
-        if not hasattr(self, "pos_embed"):
-            raise AttributeError("this model uses rotary positions: it has no W_pos")
-        return self.pos_embed.W_pos
-
-    @property
-    def W_E_pos(self) -> torch.Tensor:
-        """W_E and W_pos concatenated: [d_vocab + n_ctx, d_model]."""
-        return torch.cat([self.W_E, self.W_pos], dim=0)
-
-    @property
-    def W_K(self) -> torch.Tensor:
-        """[n_layers, n_heads, d_model, d_head]"""
-        return self._stack(lambda b: b.attn.W_K)
-
-    @property
-    def W_Q(self) -> torch.Tensor:
-        return self._stack(lambda b: b.attn.W_Q)
-
-    @property
-    def W_V(self) -> torch.Tensor:
-        return self._stack(lambda b: b.attn.W_V)
-
-    @property
-    def W_O(self) -> torch.Tensor:
-        """[n_layers, n_heads, d_head, d_model]"""
-        return self._stack(lambda b: b.attn.W_O)
-
-    @property
-    def b_K(self) -> torch.Tensor:
-        return self._stack(lambda b: b.attn.b_K)
-
-    @property
-    def b_Q(self) -> torch.Tensor:
-        return self._stack(lambda b: b.attn.b_Q)
-
-    @property
-    def b_V(self) -> torch.Tensor:
-        return self._stack(lambda b: b.attn.b_V)
-
-    @property
-    def b_O(self) -> torch.Tensor:
-        return self._stack(lambda b: b.attn.b_O)
-
-    def _mlp_stack(self, attr: str) -> torch.Tensor:
-        if self.cfg.attn_only:
-            raise AttributeError("an attention-only model has no MLP weights")
-        return self._stack(lambda b: getattr(b.mlp, attr))
-
-    @property
-    def W_in(self) -> torch.Tensor:
-        """[n_layers, d_model, d_mlp]"""
-        return self._mlp_stack("W_in")
-
-    @property
-    def W_gate(self) -> torch.Tensor | None:
-        return self._mlp_stack("W_gate") if self.cfg.gated_mlp else None
-
-    @property
-    def W_out(self) -> torch.Tensor:
-        """[n_layers, d_mlp, d_model]"""
-        return self._mlp_stack("W_out")
-
-    @property
-    def b_in(self) -> torch.Tensor:
-        return self._mlp_stack("b_in")
-
-    @property
-    def b_out(self) -> torch.Tensor:
-        return self._mlp_stack("b_out")
-
-    @property
-    def QK(self) -> FactoredMatrix:
-        """[n_layers, n_heads, d_model, d_model] as a FactoredMatrix."""
-        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
-
-    @property
-    def OV(self) -> FactoredMatrix:
-        return FactoredMatrix(self.W_V, self.W_O)
-
-    def accumulated_bias(
-        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> torch.Tensor:
-        """Sum of the output biases written before ``layer`` (plus that layer's attention if ``mlp_input``)."""
-        dev = self._module_device(self.embed)
-        total = torch.zeros(self.cfg.d_model, dtype=self.cfg.dtype, device=dev)
-        blocks: list[TransformerBlock] = list(self.blocks)  # type: ignore[arg-type]
-        for i in range(layer):
-            block = blocks[i]
-            total = total + block.attn.b_O.to(dev)
-            if include_mlp_biases and not self.cfg.attn_only:
-                total = total + block.mlp.b_out.to(dev)
-        if mlp_input:
-            if layer >= self.cfg.n_layers:
-                raise ValueError("mlp_input needs a layer below n_layers")
-            total = total + blocks[layer].attn.b_O.to(dev)
-        return total
-
-    def all_head_labels(self) -> list[str]:
-        """``L{l}H{h}`` for every head."""
-        return [f"L{layer}H{head}" for layer in range(self.cfg.n_layers) for head in range(self.cfg.n_heads)]
-
-    def hook_shapes(self) -> dict[str, tuple[str, ...]]:
-        """Every hook name with its TransformerLens shape pattern (dims by name)."""
-        from telelens.lens.hook_shapes import hook_shape_pattern
-
-        return {name: hook_shape_pattern(name) for name in self.hook_dict}

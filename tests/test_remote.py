@@ -319,6 +319,11 @@ def test_weights_equal_local(remote, local):
         assert torch.equal(
             fresh.accumulated_bias(1, mlp_input=True), local.accumulated_bias(1, mlp_input=True)
         )
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():  # the blocks' norms, computed here with the server's ln1/ln2 weights
+        assert torch.equal(remote.blocks[1].ln1(x), local.blocks[1].ln1(x))
+        assert torch.equal(remote.blocks[1].ln2(x), local.blocks[1].ln2(x))
+        assert torch.equal(remote.ln_final(x), local.ln_final(x))
     with pytest.raises(AttributeError, match="no 'hook_z'"):
         remote.blocks[0].attn.hook_z  # noqa: B018
 

@@ -16,11 +16,15 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import ItemsView, Iterator, KeysView, ValuesView
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import torch
 
+from telelens.lens.norm import final_norm_kind
 from telelens.lens.utils import Slice, SliceInput, as_slice, get_act_name, warn_if_mps
+
+if TYPE_CHECKING:
+    from telelens.lens.surface import CacheModel
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +55,20 @@ def _stack(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 class ActivationCache:
-    """Cached activations of a :class:`HookedTransformer` run, with decomposition helpers.
+    """Cached activations of a model run, with decomposition helpers.
 
     Args:
         cache_dict: hook name -> activation.
-        model: the model that produced them (its weights and config are read by the helpers).
+        model: the model that produced them, local or remote: the helpers read its config and
+            weights through :class:`~telelens.lens.surface.CacheModel` (``get_weight``, ...).
         has_batch_dim: whether activations start with a batch dimension.
     """
 
-    def __init__(self, cache_dict: dict[str, torch.Tensor], model: Any, has_batch_dim: bool = True) -> None:
+    def __init__(
+        self, cache_dict: dict[str, torch.Tensor], model: CacheModel, has_batch_dim: bool = True
+    ) -> None:
         self.cache_dict = cache_dict
-        self.model: Any = model
+        self.model = model
         self.has_batch_dim = has_batch_dim
         self.has_embed = "hook_embed" in cache_dict
         self.has_pos_embed = "hook_pos_embed" in cache_dict
@@ -278,7 +285,7 @@ class ActivationCache:
         if key in self.cache_dict:
             return
         z = self["z", layer, "attn"]  # [*batch_and_pos, head_index, d_head]
-        W_O = self.model.blocks[layer].attn.W_O.to(z)  # [head_index, d_head, d_model]
+        W_O = self.model.get_weight(f"blocks.{layer}.attn.W_O").to(z)  # [head_index, d_head, d_model]
         self.cache_dict[key] = torch.einsum(
             "...hd,hdm->...hm", z, W_O
         )  # [*batch_and_pos, head_index, d_model]
@@ -346,7 +353,8 @@ class ActivationCache:
         """
         ns, ps = as_slice(neuron_slice), as_slice(pos_slice)
         acts = ns.apply(ps.apply(self["post", layer, "mlp"], dim=-2), dim=-1)  # [*batch_and_pos, neuron]
-        W_out = ns.apply(self.model.blocks[layer].mlp.W_out, dim=0).to(acts)  # [neuron, d_model]
+        W_out = self.model.get_weight(f"blocks.{layer}.mlp.W_out")
+        W_out = ns.apply(W_out, dim=0).to(acts)  # [neuron, d_model]
         if project_output_onto is None:
             return acts[..., None] * W_out
         projected = W_out @ project_output_onto.to(acts)  # [neuron(, n_out)]
@@ -361,7 +369,8 @@ class ActivationCache:
         parts = []
         for lay in range(layer):
             acts = neuron_slice.apply(pos_slice.apply(self["post", lay, "mlp"], dim=-2), dim=-1)
-            W = neuron_slice.apply(self.model.blocks[lay].mlp.W_out, dim=0).to(acts)  # [neuron, d_model]
+            W_out = self.model.get_weight(f"blocks.{lay}.mlp.W_out")
+            W = neuron_slice.apply(W_out, dim=0).to(acts)  # [neuron, d_model]
             if kind in ("LN", "LNPre"):
                 W = W - W.mean(-1, keepdim=True)
             if scale is not None:
@@ -460,11 +469,8 @@ class ActivationCache:
         layer = self._layer(layer)
         if has_batch_dim:
             residual_stack = bs.apply(residual_stack, dim=1)
-        if recompute_ln and layer == self._n_layers and self.model.ln_final is not None:
-            ln = self.model.ln_final
-            param = next(ln.parameters(), None)
-            dev = residual_stack.device
-            return ln(residual_stack if param is None else residual_stack.to(param.device)).to(dev)
+        if recompute_ln and layer == self._n_layers and final_norm_kind(cfg) is not None:
+            return self.model.apply_ln_final(residual_stack)
         if cfg.normalization_type in ("LN", "LNPre"):
             residual_stack = residual_stack - residual_stack.mean(dim=-1, keepdim=True)
         scale = self._ln_scale(layer, mlp_input, ps, bs)

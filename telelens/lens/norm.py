@@ -7,6 +7,8 @@ normalize with the same code.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -30,3 +32,9 @@ def normalize(
         b = None if b is None else b.to(x.dtype)
         out = F.layer_norm(x, length, w, b, eps)
     return out.to(in_dtype)
+
+
+def final_norm_kind(cfg: Any) -> str | None:
+    """The final norm's kind: a tied model keeps ``ln_final``'s weights when the blocks' norms fold."""
+    extra = getattr(cfg, "extra", None) or {}
+    return extra.get("ln_final_kind", getattr(cfg, "normalization_type", None))

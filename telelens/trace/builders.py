@@ -1,6 +1,6 @@
 """TransformerLens-style calls as intervention graphs: ``run_with_cache`` and ``run_with_hooks``.
 
-``build_*`` turn a call into ``(ir.Graph, Decode)``; ``Decode`` maps the executor's saved
+``build_*`` turn a call into ``(ir.Graph, OutputMap)``; an ``OutputMap`` maps the executor's saved
 values back to what TransformerLens returns. ``run_with_cache(backend, ...)`` and
 ``run_with_hooks(backend, ...)`` do both around ``backend.execute``; a model class (local or
 remote) wraps the cache dict in its ``ActivationCache``.
@@ -52,7 +52,7 @@ def resolve_names_filter(names_filter: NamesFilter, hook_names: Sequence[str]) -
 
 
 @dataclass(frozen=True)
-class Decode:
+class OutputMap:
     """How to read an execution result: which save is the model output, which the cache."""
 
     output: str | None = None
@@ -149,7 +149,7 @@ def build_run_with_cache_graph(
     dtype: str | torch.dtype | None = None,
     cfg: Any = None,
     to_tokens: Callable[..., torch.Tensor] | None = None,
-) -> tuple[ir.Graph, Decode]:
+) -> tuple[ir.Graph, OutputMap]:
     """One run, a Save per selected hook (named after the hook) and the output.
 
     ``return_type`` is the model output as in TransformerLens ("logits", "loss", None);
@@ -171,7 +171,7 @@ def build_run_with_cache_graph(
             value = value[_pos_index(hook, pos_slice, remove_batch_dim)]
         cache[save(builder, value, hook, dtype).name] = hook
     output = _output(builder, run, return_type, tokens)
-    return builder.graph(), Decode(output, cache)
+    return builder.graph(), OutputMap(output, cache)
 
 
 def _as_op(fn: Any, allow_code: bool) -> HookOp:
@@ -200,7 +200,7 @@ def build_run_with_hooks_graph(
     allow_code: bool = False,
     cfg: Any = None,
     to_tokens: Callable[..., torch.Tensor] | None = None,
-) -> tuple[ir.Graph, Decode]:
+) -> tuple[ir.Graph, OutputMap]:
     """One run with each ``(name_or_filter, op)`` applied, returning the output or ``metric``.
 
     Ops at one hook apply in the order given (as TransformerLens runs hooks). With a
@@ -227,7 +227,7 @@ def build_run_with_hooks_graph(
         output: str | None = save(builder, metric.to_nodes(builder, run), "metric").name
     else:
         output = _output(builder, run, return_type, tokens)
-    return builder.graph(), Decode(output, {})
+    return builder.graph(), OutputMap(output, {})
 
 
 def _backend_parts(backend: GraphBackend) -> dict[str, Any]:
@@ -255,12 +255,12 @@ def run_with_cache(
     if incl_bwd:
         raise NotImplementedError("incl_bwd: gradients are not part of the intervention graph")
     _check_ignored(ignored, "run_with_cache")
-    graph, decode = build_run_with_cache_graph(
+    graph, outputs = build_run_with_cache_graph(
         input, names_filter, backend.hook_names, return_type=return_type, prepend_bos=prepend_bos,
         attention_mask=attention_mask, pos_slice=pos_slice, remove_batch_dim=remove_batch_dim, dtype=dtype,
         **_backend_parts(backend),
     )  # fmt: skip
-    return decode(backend.execute(graph, allow_code=False), device=device)
+    return outputs(backend.execute(graph, allow_code=False), device=device)
 
 
 def run_with_hooks(
@@ -281,11 +281,11 @@ def run_with_hooks(
     if bwd_hooks:
         raise NotImplementedError("bwd_hooks: gradients are not part of the intervention graph")
     _check_ignored(ignored, "run_with_hooks")
-    graph, decode = build_run_with_hooks_graph(
+    graph, outputs = build_run_with_hooks_graph(
         input, fwd_hooks, backend.hook_names, return_type=return_type, metric=metric, prepend_bos=prepend_bos,
         attention_mask=attention_mask, allow_code=allow_code, **_backend_parts(backend),
     )  # fmt: skip
-    return decode(backend.execute(graph, allow_code=allow_code))[0]
+    return outputs(backend.execute(graph, allow_code=allow_code))[0]
 
 
 _IGNORED = ("reset_hooks_end", "clear_contexts", "return_cache_object")
