@@ -325,3 +325,14 @@ def test_accepts_an_activation_cache(mha, results):
     _, cache = model.run_with_cache(clean)  # ActivationCache, as TransformerLens users pass
     out = patching.get_act_patch_attn_head_v_all_pos(model, corrupted, cache, metric)
     torch.testing.assert_close(out, results["get_act_patch_attn_head_v_all_pos"], atol=1e-6, rtol=0)
+
+
+def test_graph_helper_names_are_rows_of_the_helper_table():
+    """The graph front end's HELPER_AXES (shared layer) names grids of core's one helper table."""
+    from telelens.trace.patching import HELPER_AXES
+
+    for name, (activation, axes) in HELPER_AXES.items():
+        helper = patching.HELPERS[name]
+        assert activation == helper.activation, name
+        assert axes == tuple("head" if a == "head_index" else a for a in helper.axes), name
+        assert getattr(patching, f"get_act_patch_{name}").keywords["activation_name"] == activation

@@ -26,7 +26,7 @@ from sweep_setup import (
 from telelens.core import patching
 from telelens.core.sweeps import PatchSite, SweepOptions, SweepUnsupported, sweep_sites
 from telelens.core.sweeps.metric import probe_positions
-from telelens.core.sweeps.schedule import make_chunks
+from telelens.core.sweeps.schedule import plan_batches
 from telelens.core.sweeps.sites import plan_site
 from telelens.lens.utils import get_act_name
 
@@ -244,16 +244,16 @@ def test_blocks_respect_the_budget_and_merging_gives_the_same_grid(setup):
         torch.testing.assert_close(out, base, atol=TOL, rtol=0)
 
 
-def test_chunks_group_by_start_and_merge_when_calls_are_dear():
+def test_cell_batches_group_by_start_and_merge_when_calls_are_dear():
     model = make_model()
     sites = [PatchSite(layer, (p,)) for layer in range(N_LAYERS) for p in range(POS)]
     entries = [plan_site(model, get_act_name("resid_pre", s.layer), s, i, False) for i, s in enumerate(sites)]
-    exact = make_chunks(model, entries, 1, POS, 1, 1 << 30, overhead=0.0)
+    exact = plan_batches(model, entries, 1, POS, 1, 1 << 30, overhead=0.0)
     assert [(c.start, len(c.entries)) for c in exact] == [(p, N_LAYERS) for p in range(POS)]
     assert all([e.entry for e in c.entries] == sorted(e.entry for e in c.entries) for c in exact)
-    merged = make_chunks(model, entries, 1, POS, 1, 1 << 30, overhead=1e6)
+    merged = plan_batches(model, entries, 1, POS, 1, 1 << 30, overhead=1e6)
     assert [(c.start, len(c.entries)) for c in merged] == [(0, len(sites))]
-    tiny = make_chunks(model, entries, 1, POS, 1, 1, overhead=1e6)
+    tiny = plan_batches(model, entries, 1, POS, 1, 1, overhead=1e6)
     assert len(tiny) == len(sites)  # the budget wins over merging
 
 

@@ -91,7 +91,7 @@ class Attention(nn.Module):
         return self._split_rows(self.qkv_bias)[i].view(heads, self.d_head)
 
     def _repeat_kv(self, t: torch.Tensor) -> torch.Tensor:
-        return t.repeat_interleave(self.cfg.repeat_kv_heads, dim=0) if self.cfg.repeat_kv_heads > 1 else t
+        return self.repeat_kv_heads(t, dim=0)
 
     @property
     def W_Q(self) -> torch.Tensor:
@@ -193,16 +193,14 @@ class Attention(nn.Module):
         else:
             assert value_input is not None
             q, k, v = self._project_per_head(query_input, key_input, value_input)
-        b, p = q.shape[:2]
         # Split outputs are views of one tensor; hooks may edit in place under autograd, so
         # a listened-to projection gets its own storage (only then: no cost when silent).
         q = self.hook_q(q.clone() if self.hook_q.active else q)
         k = self.hook_k(k.clone() if self.hook_k.active else k)
         v = self.hook_v(v.clone() if self.hook_v.active else v)
         if ctx.rotary is not None:
-            cos, sin = ctx.rotary
-            q = self.hook_rot_q(apply_rotary(q, cos, sin, self.cfg.rotary_adjacent_pairs))
-            k = self.hook_rot_k(apply_rotary(k, cos, sin, self.cfg.rotary_adjacent_pairs))
+            q = self.hook_rot_q(self._rotate(q, ctx.rotary))
+            k = self.hook_rot_k(self._rotate(k, ctx.rotary))
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)
 
@@ -221,21 +219,44 @@ class Attention(nn.Module):
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )
         z = self.hook_z(z.transpose(1, 2))  # [batch, pos, head_index, d_head]
+        return self.output(z)
 
+    # The pieces below are shared by the forward pass and the sweep engine
+    # (telelens.core.sweeps), which resumes patched variants from inside this layer.
+    def output(self, z: torch.Tensor) -> torch.Tensor:
+        """The attention output [..., d_model] of ``z`` [..., head_index, d_head]."""
         if self.cfg.use_attn_result:
             result = self.hook_result(
-                torch.einsum("bpnh,nhd->bpnd", z, self.W_O)
-            )  # [batch, pos, head_index, d_model]
-            return result.sum(dim=2) + self.b_O
-        return F.linear(z.reshape(b, p, self.n_heads * self.d_head), self.o_weight, self.o_bias)
+                torch.einsum("...nh,nhd->...nd", z, self.W_O)
+            )  # [..., head_index, d_model]
+            return result.sum(dim=-2) + self.b_O
+        return F.linear(z.flatten(-2), self.o_weight, self.o_bias)
+
+    def keys_values(self, x: torch.Tensor, ctx: AttentionContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (rotated) and values of a shared input ``x`` [batch, pos, d_model], without the
+        queries: [batch, pos, n_kv_heads, d_head] each."""
+        b, p, _ = x.shape
+        nq, nkv, dh = self.n_heads * self.d_head, self.n_kv_heads, self.d_head
+        bias = None if self.qkv_bias is None else self.qkv_bias[nq:]
+        kv = F.linear(x, self.qkv_weight[nq:], bias)  # [batch, pos, 2 * n_kv_heads * d_head]
+        k, v = (t.reshape(b, p, nkv, dh) for t in kv.split(nkv * dh, dim=-1))
+        if ctx.rotary is not None:
+            k = self._rotate(k, ctx.rotary)
+        return k, v
+
+    def repeat_kv_heads(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """Key/value heads along ``dim`` repeated to one per query head (grouped-query attention)."""
+        rep = self.cfg.repeat_kv_heads
+        return t.repeat_interleave(rep, dim=dim) if rep > 1 else t
+
+    def _rotate(self, t: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return apply_rotary(t, rotary[0], rotary[1], self.cfg.rotary_adjacent_pairs)
 
     def _explicit_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Scores and pattern materialized for the hooks: [batch, head_index, query_pos, key_pos]."""
-        if self.cfg.repeat_kv_heads > 1:
-            k = k.repeat_interleave(self.cfg.repeat_kv_heads, dim=1)
-            v = v.repeat_interleave(self.cfg.repeat_kv_heads, dim=1)
+        k, v = self.repeat_kv_heads(k, dim=1), self.repeat_kv_heads(v, dim=1)
         scores = q @ k.transpose(-1, -2) / self.cfg.attn_scale
         if mask is None:
             q_len, k_len = scores.shape[-2:]

@@ -46,29 +46,66 @@ class TransformerBlock(nn.Module):
         ctx: AttentionContext | None = None,
         kv_cache: LayerKVCache | None = None,
     ) -> torch.Tensor:
-        cfg = self.cfg
         resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self._attention(resid_pre, ctx, kv_cache))  # [batch, pos, d_model]
+        return self.after_attn(resid_pre, attn_out)
+
+    # The block's topology, step by step. The forward pass above runs these methods, and the
+    # sweep engine (telelens.core.sweeps) calls them to resume a patched variant mid-block,
+    # so the two cannot compute a block differently.
+    def _attention(
+        self, resid_pre: torch.Tensor, ctx: AttentionContext | None, kv_cache: LayerKVCache | None
+    ) -> torch.Tensor:
+        """The attention output (before ``hook_attn_out``) of the normalized residual stream."""
+        cfg = self.cfg
         if cfg.use_split_qkv_input:
             n_kv = int(cfg.n_key_value_heads or cfg.n_heads)
             q_in = self.ln1(self.hook_q_input(_per_head(resid_pre, cfg.n_heads)))
             k_in = self.ln1(self.hook_k_input(_per_head(resid_pre, n_kv)))
             v_in = self.ln1(self.hook_v_input(_per_head(resid_pre, n_kv)))
-            attn_out = self.attn(q_in, k_in, v_in, ctx=ctx, kv_cache=kv_cache)
-        elif cfg.use_attn_in:
+            return self.attn(q_in, k_in, v_in, ctx=ctx, kv_cache=kv_cache)
+        if cfg.use_attn_in:
             attn_in = self.ln1(self.hook_attn_in(_per_head(resid_pre, cfg.n_heads)))
             kv_in = attn_in[:, :, : int(cfg.n_key_value_heads or cfg.n_heads)]
-            attn_out = self.attn(attn_in, kv_in, kv_in, ctx=ctx, kv_cache=kv_cache)
-        else:
-            attn_out = self.attn(self.ln1(resid_pre), ctx=ctx, kv_cache=kv_cache)
-        attn_out = self.hook_attn_out(attn_out)  # [batch, pos, d_model]
+            return self.attn(attn_in, kv_in, kv_in, ctx=ctx, kv_cache=kv_cache)
+        return self.attn(self.ln1(resid_pre), ctx=ctx, kv_cache=kv_cache)
 
+    def keys_values(
+        self, resid_pre: torch.Tensor, ctx: AttentionContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's keys and values of ``resid_pre`` [batch, pos, d_model], rotated, without
+        queries or outputs: [batch, pos, n_kv_heads, d_head] each (shared-input attention only)."""
+        return self.attn.keys_values(self.ln1(resid_pre), ctx)
+
+    def after_attn(
+        self, resid_pre: torch.Tensor, attn_out: torch.Tensor, mlp_out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``resid_post`` from the block's input and its attention output ([..., pos, d_model]).
+
+        ``mlp_out``: the MLP's output if the caller has it and it does not depend on
+        ``attn_out``, which holds in a parallel block only; a sequential block computes its
+        MLP from ``resid_mid`` and ignores it.
+        """
+        cfg = self.cfg
         if cfg.attn_only:
             return self.hook_resid_post(resid_pre + attn_out)
         if cfg.parallel_attn_mlp:
-            mlp_in = self.hook_mlp_in(resid_pre) if cfg.use_hook_mlp_in else resid_pre
-            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
-            return self.hook_resid_post(resid_pre + attn_out + mlp_out)
-        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        mlp_in = self.hook_mlp_in(resid_mid.clone()) if cfg.use_hook_mlp_in else resid_mid
+            if mlp_out is None:
+                mlp_in = self.hook_mlp_in(resid_pre) if cfg.use_hook_mlp_in else resid_pre
+                mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
+            return self.after_mlp(resid_pre, attn_out, mlp_out)
+        return self.after_resid_mid(self.hook_resid_mid(resid_pre + attn_out))
+
+    def after_resid_mid(self, resid_mid: torch.Tensor) -> torch.Tensor:
+        """``resid_post`` of a sequential block from ``resid_mid`` [..., pos, d_model]."""
+        mlp_in = self.hook_mlp_in(resid_mid.clone()) if self.cfg.use_hook_mlp_in else resid_mid
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
         return self.hook_resid_post(resid_mid + mlp_out)
+
+    def after_mlp(
+        self, resid_pre: torch.Tensor, attn_out: torch.Tensor, mlp_out: torch.Tensor
+    ) -> torch.Tensor:
+        """``resid_post`` from the block's input, attention output and MLP output (an MLP block)."""
+        if self.cfg.parallel_attn_mlp:
+            return self.hook_resid_post(resid_pre + attn_out + mlp_out)
+        return self.hook_resid_post(self.hook_resid_mid(resid_pre + attn_out) + mlp_out)

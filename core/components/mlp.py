@@ -93,4 +93,9 @@ class MLP(nn.Module):
             post = self.hook_post(self.act(self.hook_pre(gate)) * self.hook_pre_linear(lin))
         else:
             post = self.hook_post(self.act(self.hook_pre(h)))  # [batch, pos, d_mlp]
-        return F.linear(post, self.out_weight, self.out_bias)  # [batch, pos, d_model]
+        return self.output(post)  # [batch, pos, d_model]
+
+    def output(self, post: torch.Tensor) -> torch.Tensor:
+        """The MLP output [..., d_model] of the neurons' activations ``post`` [..., d_mlp]
+        (shared by the forward pass and the sweep engine's neuron patches)."""
+        return F.linear(post, self.out_weight, self.out_bias)

@@ -6,10 +6,11 @@ and/or head when those axes are swept, for every batch row; the grid is shaped b
 in order ``layer, pos, head``. For attention patterns and scores ``pos`` is the destination
 (query) position.
 
-:func:`run_sweep` runs the cells on the batched engine of :mod:`telelens.core.sweeps` (many
-patched variants per forward pass, resumed from the corrupted run, the metric sub-graph
-evaluated per variant here on the worker, only the grid returned), and falls back to
-:func:`run_sweep_naive` (one full forward pass per cell) where the engine cannot run.
+:func:`run_sweep` hands the cells to the sweep runner (:mod:`telelens.core.sweeps.runner`,
+shared with TransformerLens's patching helpers): the batched engine (many patched variants
+per forward pass, resumed from the corrupted run, the metric sub-graph evaluated per variant
+here on the worker, only the grid returned), or one full forward pass per cell where the
+engine cannot run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from telelens.core.graph.hooks import HookTable, hook_dims, hook_error
-from telelens.core.sweeps import PatchSite, SweepUnsupported, sweep_sites
+from telelens.core.sweeps import PatchSite
+from telelens.core.sweeps.runner import Method, run_cells
 from telelens.lens.utils import get_act_name
 from telelens.protos import ir
 
@@ -118,8 +120,10 @@ def run_sweep(
     attention_mask: torch.Tensor | None,
     metric: Callable[[torch.Tensor], torch.Tensor],
     on_cell: Callable[[], None] = lambda: None,
+    method: Method = "auto",
 ) -> torch.Tensor:
-    """The metric grid (float32, shaped by the axes), on the batched engine where it can run.
+    """The metric grid (float32, shaped by the axes), on the sweep runner (the batched engine where
+    it can run, else one forward pass per cell; ``method`` as in :data:`~telelens.core.sweeps.runner.Method`).
 
     ``clean[layer]`` is the clean run's activation at ``geometry.hooks[layer]``. ``on_cell``
     is called once per cell, in bursts as each block of cells finishes.
@@ -131,19 +135,10 @@ def run_sweep(
         for _ in range(n):
             on_cell()
 
-    try:
-        flat = sweep_sites(
-            model,
-            tokens,
-            lambda layer: geometry.hooks[layer],
-            sites,
-            by_hook.__getitem__,
-            metric,
-            attention_mask=attention_mask,
-            progress=done,
-        )
-    except SweepUnsupported:
-        return run_sweep_naive(model, geometry, clean, tokens, attention_mask, metric, on_cell)
+    flat = run_cells(
+        model, tokens, geometry.hooks.__getitem__, sites, by_hook.__getitem__, metric,
+        attention_mask=attention_mask, method=method, progress=done,
+    )  # fmt: skip
     return flat.to(model.W_E.device).reshape(geometry.sizes)
 
 
@@ -156,25 +151,5 @@ def run_sweep_naive(
     metric: Callable[[torch.Tensor], torch.Tensor],
     on_cell: Callable[[], None] = lambda: None,
 ) -> torch.Tensor:
-    """One full forward pass of the corrupted tokens per cell; returns the metric grid (float32).
-
-    ``clean[layer]`` is the clean run's activation at ``geometry.hooks[layer]``.
-    """
-    values: list[float] = []
-    for cell in geometry.cells():
-        layer, where = geometry.where(cell)
-        src = clean[layer]
-
-        def patch(
-            act: torch.Tensor, hook: Any, where: tuple[Any, ...] = where, src: torch.Tensor = src
-        ) -> torch.Tensor:
-            # Clone: the hooked tensor may be a view into a buffer the model still reads.
-            act = act.clone()
-            act[where] = src[where].to(act.device, act.dtype)
-            return act
-
-        with model.hooks(fwd_hooks=[(geometry.hooks[layer], patch)]):
-            logits = model(tokens, attention_mask=attention_mask)
-        values.append(float(metric(logits)))
-        on_cell()
-    return torch.tensor(values, dtype=torch.float32, device=model.W_E.device).reshape(geometry.sizes)
+    """:func:`run_sweep` with one full forward pass of the corrupted tokens per cell (the reference)."""
+    return run_sweep(model, geometry, clean, tokens, attention_mask, metric, on_cell, method="naive")

@@ -10,8 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from telelens.core.config import HookedTransformerConfig
-from telelens.core.models.llama import check_act
-from telelens.core.models.registry import ArchitectureAdapter, Target, register, transpose, unembed_targets
+from telelens.core.models.adapter import (
+    ArchitectureAdapter,
+    Target,
+    check_act,
+    transpose,
+    unembed_targets,
+)
 
 _LAYER_MAP = {
     # HF name after "h.{i}."      -> (our name after "blocks.{i}.", Conv1D weight?)
@@ -30,10 +35,7 @@ _LAYER_MAP = {
 }
 
 
-@register
 class GPT2Adapter(ArchitectureAdapter):
-    architectures = ("GPT2LMHeadModel",)
-    model_types = ("gpt2",)
     prefixes = ("transformer.",)
     # Old checkpoints carry the causal-mask buffers.
     ignored = (r"(^|\.)attn\.(masked_)?bias$",)

@@ -12,23 +12,14 @@ from typing import Any
 
 import torch
 
-from telelens.core.config import ACT_FNS, HookedTransformerConfig
-from telelens.core.models.registry import ArchitectureAdapter, Target, register, unembed_targets
+from telelens.core.config import HookedTransformerConfig
+from telelens.core.models.adapter import ArchitectureAdapter, Target, check_act, unembed_targets
 from telelens.core.models.rope import rope_parameters, rotary_dim, scaled_rope
 
 logger = logging.getLogger(__name__)
 
 
-def check_act(act: str, arch: str) -> str:
-    if act not in ACT_FNS:
-        raise ValueError(f"{arch}: activation {act!r} is not supported (known: {', '.join(ACT_FNS)})")
-    return act
-
-
-@register
 class LlamaAdapter(ArchitectureAdapter):
-    architectures = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
-    model_types = ("llama", "mistral", "qwen2")
     prefixes = ("model.",)
     ignored = (r"rotary_emb\.inv_freq$",)
 

@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from telelens.core.config import HookedTransformerConfig
-from telelens.core.models.llama import check_act
-from telelens.core.models.registry import ArchitectureAdapter, Target, register, unembed_targets
+from telelens.core.models.adapter import ArchitectureAdapter, Target, check_act, unembed_targets
 from telelens.core.models.rope import rope_parameters, rotary_dim, scaled_rope
 
 
@@ -41,10 +40,7 @@ _LAYER_MAP = {
 }
 
 
-@register
 class NeoXAdapter(ArchitectureAdapter):
-    architectures = ("GPTNeoXForCausalLM",)
-    model_types = ("gpt_neox",)
     prefixes = ("gpt_neox.",)
     # Old checkpoints carry the causal mask and the rotary frequencies as buffers.
     ignored = (r"(^|\.)attention\.(masked_)?bias$", r"rotary_emb\.inv_freq$")

@@ -1,124 +1,64 @@
-"""Architecture adapters: how a Hugging Face checkpoint maps onto a :class:`HookedTransformer`.
+"""The model families telelens loads: one table row each, the family's module imported on first use.
 
-An adapter does two small jobs and nothing else:
-
-* :meth:`ArchitectureAdapter.make_config` turns a Hugging Face config into a
-  :class:`HookedTransformerConfig` (architecture fields only; run-time fields such as
-  dtype and device are set by the loader);
-* :meth:`ArchitectureAdapter.targets` says where one checkpoint tensor goes: which of
-  our parameters, which rows of it, after which transform (a transpose, a row
-  reordering). An empty list means "known, deliberately not loaded" (a causal-mask
-  buffer, a tied ``lm_head``, a layer past ``first_n_layers``); ``None`` means "unknown",
-  which the loader reports as an unused tensor.
-
-Adapters never touch tensors themselves; the loader streams tensors one at a time.
+Adding a family is one file in ``core/models`` (a subclass of
+:class:`~telelens.core.models.adapter.ArchitectureAdapter`: its config mapping and its
+weight-name mapping) and one row in :data:`FAMILIES`.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from functools import cache
+from typing import Any
 
-import torch
+from telelens.core.models.adapter import ArchitectureAdapter
 
-from telelens.core.config import HookedTransformerConfig
-
-Transform = Callable[[torch.Tensor], torch.Tensor]
-
-_LAYER = re.compile(r"^(?:layers|h)\.(\d+)\.(.+)$")
+__all__ = [
+    "FAMILIES",
+    "ArchitectureAdapter",
+    "Family",
+    "architecture_name",
+    "get_adapter",
+    "supported_architectures",
+]
 
 
 @dataclass(frozen=True)
-class Target:
-    """Where a checkpoint tensor lands: ``param`` (a ``named_parameters`` name), rows ``[start, stop)``
-    of it (None: all of it), after ``transform`` (None: as is)."""
+class Family:
+    """One model family: the adapter class ``adapter`` in ``telelens.core.models.<module>``."""
 
-    param: str
-    rows: tuple[int, int] | None = None
-    transform: Transform | None = None
-
-
-class ArchitectureAdapter:
-    """Base class; subclasses set ``architectures``/``model_types`` and implement the two mappings."""
-
-    architectures: ClassVar[tuple[str, ...]] = ()
-    """Hugging Face ``config.architectures`` names this adapter reads."""
-    model_types: ClassVar[tuple[str, ...]] = ()
+    module: str
+    adapter: str
+    architectures: tuple[str, ...]
+    """Hugging Face ``config.architectures`` names the family reads."""
+    model_types: tuple[str, ...]
     """Hugging Face ``config.model_type`` values (used when ``architectures`` is absent, e.g. GGUF)."""
-    prefixes: ClassVar[tuple[str, ...]] = ()
-    """Leading module names stripped from checkpoint names (``model.``, ``transformer.``)."""
-    ignored: ClassVar[tuple[str, ...]] = ()
-    """Regexes (searched in the stripped name) of tensors that are known and never loaded."""
-
-    def make_config(self, hf_config: Any) -> HookedTransformerConfig:
-        raise NotImplementedError
-
-    def layer_targets(self, layer: int, rest: str, cfg: HookedTransformerConfig) -> list[Target] | None:
-        """Targets of ``<layer>.<rest>`` (``rest`` without the layer prefix)."""
-        raise NotImplementedError
-
-    def global_targets(self, name: str, cfg: HookedTransformerConfig) -> list[Target] | None:
-        """Targets of a tensor outside the blocks (embeddings, final norm, unembedding)."""
-        raise NotImplementedError
-
-    def hf_names(self, cfg: HookedTransformerConfig) -> list[str]:
-        """Every tensor name a complete Hugging Face checkpoint of ``cfg`` holds (for GGUF renaming)."""
-        raise NotImplementedError
-
-    def rotary_override(self, hf_config: Any) -> tuple[torch.Tensor, float] | None:
-        """``(inv_freq, attention_scaling)`` for scaled RoPE variants, or None for the plain formula."""
-        return None
-
-    def strip(self, name: str) -> str:
-        for prefix in self.prefixes:
-            if name.startswith(prefix):
-                return name[len(prefix) :]
-        return name
-
-    def targets(self, name: str, cfg: HookedTransformerConfig) -> list[Target] | None:
-        """Where checkpoint tensor ``name`` goes ([] = skip on purpose, None = unknown)."""
-        short = self.strip(name)
-        if any(re.search(pattern, short) for pattern in self.ignored):
-            return []
-        m = _LAYER.match(short)
-        if m is None:
-            return self.global_targets(short, cfg)
-        layer = int(m.group(1))
-        if layer >= cfg.n_layers:  # first_n_layers: the rest of the checkpoint is read past
-            return []
-        return self.layer_targets(layer, m.group(2), cfg)
 
 
-def unembed_targets(cfg: HookedTransformerConfig) -> list[Target]:
-    """The unembedding of a tied model is the embedding: its checkpoint copy (if any) is skipped."""
-    return [] if cfg.tie_word_embeddings else [Target("unembed.weight")]
+FAMILIES: tuple[Family, ...] = (
+    Family("gpt2", "GPT2Adapter", ("GPT2LMHeadModel",), ("gpt2",)),
+    Family("neox", "NeoXAdapter", ("GPTNeoXForCausalLM",), ("gpt_neox",)),
+    Family(
+        "llama",
+        "LlamaAdapter",
+        ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"),
+        ("llama", "mistral", "qwen2"),
+    ),
+)
 
 
-def transpose(t: torch.Tensor) -> torch.Tensor:
-    """Conv1D ([in, out]) -> Linear ([out, in]) layout."""
-    return t.T
-
-
-_REGISTRY: list[ArchitectureAdapter] = []
-
-
-def register(adapter_cls: type[ArchitectureAdapter]) -> type[ArchitectureAdapter]:
-    """Class decorator adding an adapter to the registry."""
-    _REGISTRY.append(adapter_cls())
-    return adapter_cls
-
-
-def _load_builtin() -> None:
-    # Imported for their @register side effect.
-    from telelens.core.models import gpt2, llama, neox  # noqa: F401
+@cache
+def _adapter(family: Family) -> ArchitectureAdapter:
+    """The family's adapter (its module is imported here, the first time it is needed)."""
+    module = importlib.import_module(f"telelens.core.models.{family.module}")
+    adapter_cls: type[ArchitectureAdapter] = getattr(module, family.adapter)
+    return adapter_cls(family.architectures, family.model_types)
 
 
 def supported_architectures() -> list[str]:
     """Every Hugging Face architecture name telelens can load."""
-    _load_builtin()
-    return sorted(a for adapter in _REGISTRY for a in adapter.architectures)
+    return sorted(a for family in FAMILIES for a in family.architectures)
 
 
 def architecture_name(hf_config: Any) -> str | None:
@@ -133,17 +73,16 @@ def architecture_name(hf_config: Any) -> str | None:
 
 def get_adapter(hf_config: Any) -> ArchitectureAdapter:
     """The adapter for a Hugging Face config (by ``architectures``, else ``model_type``)."""
-    _load_builtin()
     names = list(getattr(hf_config, "architectures", None) or [])
     for name in names:
-        for adapter in _REGISTRY:
-            if name in adapter.architectures:
-                return adapter
+        for family in FAMILIES:
+            if name in family.architectures:
+                return _adapter(family)
     model_type = getattr(hf_config, "model_type", None)
     if not names:
-        for adapter in _REGISTRY:
-            if model_type in adapter.model_types:
-                return adapter
+        for family in FAMILIES:
+            if model_type in family.model_types:
+                return _adapter(family)
     shown = ", ".join(names) if names else f"model_type {model_type!r}"
     raise ValueError(
         f"unsupported architecture {shown}: telelens can load {', '.join(supported_architectures())}"

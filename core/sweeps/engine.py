@@ -31,18 +31,13 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from telelens.core.components.attention import AttentionContext, LayerKVCache
-from telelens.core.components.rotary import apply_rotary
 from telelens.core.sweeps.corrupted import CorruptedRun, record_corrupted
+from telelens.core.sweeps.direct import DirectEntries, Gather, corrupted_hooks
 from telelens.core.sweeps.metric import LogitPositions, Metric, MetricBuffer, resolve_positions
-from telelens.core.sweeps.schedule import (
-    Chunk,
-    default_memory_budget,
-    default_overhead,
-    make_chunks,
-)
+from telelens.core.sweeps.schedule import CellBatch, default_memory_budget, default_overhead, plan_batches
+from telelens.core.sweeps.setters import PatchSetter
 from telelens.core.sweeps.sites import (
     Entry,
     PatchSite,
@@ -58,7 +53,6 @@ if TYPE_CHECKING:
 
 CleanSource = Callable[[str], torch.Tensor]
 """Hook name -> the clean run's activation there ([batch, ...], the corrupted batch size)."""
-Setter = Callable[[torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -95,7 +89,7 @@ def sweep_sites(
     metric: Metric,
     *,
     attention_mask: torch.Tensor | None = None,
-    setter: Setter | None = None,
+    setter: PatchSetter | None = None,
     options: SweepOptions | None = None,
     progress: Callable[[int], Any] | None = None,
 ) -> torch.Tensor:
@@ -140,7 +134,7 @@ class _Engine:
         sites: Sequence[PatchSite],
         clean: CleanSource,
         metric: Metric,
-        setter: Setter | None,
+        setter: PatchSetter | None,
         options: SweepOptions | None,
     ) -> None:
         self.model, self.cfg = model, model.cfg
@@ -152,7 +146,10 @@ class _Engine:
             attention_mask = (attention_mask[None] if attention_mask.dim() == 1 else attention_mask).to(
                 device
             )
-        self.corr: CorruptedRun = record_corrupted(model, tokens, attention_mask, self._extra_hooks())
+        self.corr: CorruptedRun = record_corrupted(
+            model, tokens, attention_mask, corrupted_hooks(model, entries)
+        )
+        self.direct = DirectEntries(model, self.corr, self.clean)
         self.batch = self.corr.batch
         positions = resolve_positions(metric, self.corr.logits, self.options.logit_positions)
         self.buffer = MetricBuffer(metric, self.corr.logits, positions)
@@ -162,26 +159,6 @@ class _Engine:
         self.positions = positions
         self._ctx_cache: dict[tuple[Any, ...], AttentionContext] = {}
         self._clean_cache: dict[str, torch.Tensor] = {}
-
-    # ------------------------------------------------------------------ setup
-    def _extra_hooks(self) -> set[str]:
-        """Corrupted activations the direct (post) entries read."""
-        cfg = self.cfg
-        out: set[str] = set()
-        for e in self.entries:
-            if e.kind != "post":
-                continue
-            L = e.entry - 1
-            out.add(f"blocks.{L}.attn.hook_z")
-            if cfg.parallel_attn_mlp:
-                out.update({f"blocks.{L}.hook_attn_out", f"blocks.{L}.hook_mlp_out"})
-            elif not cfg.attn_only:
-                out.update({f"blocks.{L}.hook_resid_mid", f"blocks.{L}.hook_mlp_out"})
-            if e.hook.endswith("mlp.hook_post"):
-                out.add(e.hook)
-            if e.hook.endswith("attn.hook_pattern") and e.src is not None:
-                out.add(e.hook)
-        return out
 
     def clean(self, hook: str, device: torch.device) -> torch.Tensor:
         t = self._clean_cache.get(hook)
@@ -210,20 +187,20 @@ class _Engine:
         device = self.corr.resid[0].device
         budget = opts.memory_budget or default_memory_budget(device)
         overhead = opts.overhead if opts.overhead is not None else default_overhead(self.model, device)
-        chunks = make_chunks(
+        batches = plan_batches(
             self.model, todo, self.batch, self.n_eff, len(self.positions), budget, overhead, opts.merge
         )
-        for chunk in chunks:
-            values = self._run_chunk(chunk)
-            for e, v in zip(chunk.entries, values):
+        for cells in batches:
+            values = self._run_batch(cells)
+            for e, v in zip(cells.entries, values):
                 out[e.site] = v
             if progress is not None:
-                progress(len(chunk.entries))
+                progress(len(cells.entries))
         return out
 
-    def _run_chunk(self, chunk: Chunk) -> list[torch.Tensor]:
-        n_layers, s = self.cfg.n_layers, chunk.start
-        entries = chunk.entries
+    def _run_batch(self, cells: CellBatch) -> list[torch.Tensor]:
+        n_layers, s = self.cfg.n_layers, cells.start
+        entries = cells.entries
         rows: list[Entry] = []
         resid: torch.Tensor | None = None
         s_out = s  # first position of ``resid`` (the last block may drop leading positions)
@@ -318,19 +295,11 @@ class _Engine:
         f = first - s
         if f == 0:
             return self._block(layer, resid, s, []), s
-        model = self.model
-        block = model.blocks[layer]
-        attn = block.attn
-        device = model._module_device(block)
+        block = self.model.blocks[layer]
+        device = self.model._module_device(block)
         resid = resid.to(device)
         rows = int(resid.shape[0])
-        nq, nkv, dh = attn.n_heads * attn.d_head, attn.n_kv_heads, attn.d_head
-        bias = None if attn.qkv_bias is None else attn.qkv_bias[nq:]
-        kv = F.linear(block.ln1(resid[:, :f]), attn.qkv_weight[nq:], bias)  # [rows, f, 2 * nkv * dh]
-        k, v = (t.reshape(rows, f, nkv, dh) for t in kv.split(nkv * dh, dim=-1))
-        rotary = self._context(rows, s, device, q=f).rotary
-        if rotary is not None:
-            k = apply_rotary(k, *rotary, self.cfg.rotary_adjacent_pairs)
+        k, v = block.keys_values(resid[:, :f], self._context(rows, s, device, q=f))
         cache = LayerKVCache()
         past = self._past(layer, s, rows)
         if past is not None:
@@ -360,14 +329,14 @@ class _Engine:
                 continue
             idx = torch.tensor(members, device=entry.device)
             if all_pos:
-                gather = _Gather(None, self.n_eff, len(group), entry.device)
+                gather = Gather(None, self.n_eff, len(group), entry.device)
             else:
                 pos = torch.tensor([e.pos for e in group], device=entry.device)
-                gather = _Gather(pos, 0, len(group), entry.device)
+                gather = Gather(pos, 0, len(group), entry.device)
             if kind == "resid":
                 vals = gather(self.clean(hook, entry.device))
             else:
-                vals = self._post(hook, layer - 1, group, gather)
+                vals = self.direct.resid_post(hook, layer - 1, group, gather)
             vals = vals.to(entry.dtype)
             if all_pos:
                 entry[idx] = vals  # s == 0, q == n_eff
@@ -411,130 +380,3 @@ class _Engine:
             return act
 
         return patch
-
-    # ------------------------------------------------------------------ direct residual updates
-    def _post(self, hook: str, L: int, group: list[Entry], g: _Gather) -> torch.Tensor:
-        """The residual leaving block ``L`` at the gathered positions, with the patch applied: [V, b, k, d]."""
-        block = self.model.blocks[L]
-        device = self.model._module_device(block)
-        acts = self.corr.acts
-        V = len(group)
-        ar = torch.arange(V, device=device)
-        units = None if group[0].unit is None else torch.tensor([e.unit for e in group], device=device)
-        srcs = None if group[0].src is None else torch.tensor([e.src for e in group], device=device)
-        g = g.to(device)
-        if hook.endswith("hook_resid_mid"):
-            return self._mlp_residual(L, g(self.clean(hook, device)))
-        if hook.endswith("hook_attn_out"):
-            return self._after_attn(L, g, g(self.clean(hook, device)))
-        if hook.endswith("hook_mlp_out"):
-            return self._after_mlp(L, g, g(self.clean(hook, device)))
-        if hook.endswith("attn.hook_z"):
-            clean_z = g(self.clean(hook, device))  # [V, b, k, n_heads, d_head]
-            if units is None:
-                z = clean_z
-            else:
-                z = g(acts[f"blocks.{L}.attn.hook_z"]).clone()
-                z[ar, :, :, units] = clean_z[ar, :, :, units]
-            return self._after_attn(L, g, self._o_proj(L, z))
-        if hook.endswith("attn.hook_pattern"):
-            return self._after_attn(L, g, self._o_proj(L, self._pattern_z(hook, L, g, ar, units, srcs)))
-        if hook.endswith("mlp.hook_post"):
-            mlp = block.mlp
-            if units is None:
-                m = F.linear(g(self.clean(hook, device)), mlp.out_weight, mlp.out_bias)
-            else:
-                clean_u = g(self.clean(hook, device))[ar, :, :, units]  # [V, b, k]
-                corr_u = g(acts[hook])[ar, :, :, units]
-                rows = mlp.out_weight[:, units].T[:, None, None, :]  # [V, 1, 1, d_model]
-                m = g(acts[f"blocks.{L}.hook_mlp_out"]) + (clean_u - corr_u)[..., None].to(rows.dtype) * rows
-            return self._after_mlp(L, g, m)
-        raise AssertionError(f"no direct update for {hook}")
-
-    def _pattern_z(
-        self,
-        hook: str,
-        L: int,
-        g: _Gather,
-        ar: torch.Tensor,
-        units: torch.Tensor | None,
-        srcs: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """z at the gathered query positions with the patched pattern rows: [V, b, k, n_heads, d_head]."""
-        device = ar.device
-        v = self.corr.values[L].to(device)  # [b, pos, n_kv, d_head] (every key)
-        rep = self.cfg.repeat_kv_heads
-        v = v.repeat_interleave(rep, dim=2) if rep > 1 else v  # [b, pos, n_heads, d_head]
-        by_query = self.clean(hook, device).transpose(1, 2)  # [b, query, head, key]
-        clean_rows = g(by_query)  # [V, b, k, n_heads, key]
-        corr_rows = None
-        if srcs is not None:
-            corr_rows = g(self.corr.acts[hook].to(device).transpose(1, 2))
-        if units is None:
-            if srcs is None:
-                rows = clean_rows
-            else:
-                assert corr_rows is not None
-                rows = corr_rows.clone()
-                rows[ar, :, :, :, srcs] = clean_rows[ar, :, :, :, srcs]
-            return torch.einsum("vbqhk,bkhd->vbqhd", rows.to(v.dtype), v)
-        if srcs is None:
-            row = clean_rows[ar, :, :, units]  # [V, b, k, key]
-        else:
-            assert corr_rows is not None
-            row = corr_rows[ar, :, :, units].clone()
-            row[ar, :, :, srcs] = clean_rows[ar, :, :, units, srcs]
-        vh = v[:, :, units].permute(2, 0, 1, 3)  # [V, b, key, d_head]
-        z = g(self.corr.acts[f"blocks.{L}.attn.hook_z"].to(device)).clone()
-        z[ar, :, :, units] = row.to(v.dtype) @ vh
-        return z
-
-    def _o_proj(self, L: int, z: torch.Tensor) -> torch.Tensor:
-        """Attention output from z [..., n_heads, d_head], computed as the block computes it."""
-        attn = self.model.blocks[L].attn
-        if self.cfg.use_attn_result:
-            return torch.einsum("...nh,nhd->...nd", z, attn.W_O).sum(-2) + attn.b_O
-        return F.linear(z.flatten(-2), attn.o_weight, attn.o_bias)
-
-    def _mlp_residual(self, L: int, mid: torch.Tensor) -> torch.Tensor:
-        block = self.model.blocks[L]
-        shape = mid.shape
-        flat = mid.reshape(-1, shape[-2], shape[-1])
-        return (flat + block.mlp(block.ln2(flat))).reshape(shape)
-
-    def _after_attn(self, L: int, g: _Gather, attn_out: torch.Tensor) -> torch.Tensor:
-        cfg, acts = self.cfg, self.corr.acts
-        resid_pre = g(self.corr.resid[L])
-        if cfg.attn_only:
-            return resid_pre + attn_out
-        if cfg.parallel_attn_mlp:
-            return resid_pre + attn_out + g(acts[f"blocks.{L}.hook_mlp_out"])
-        return self._mlp_residual(L, resid_pre + attn_out)
-
-    def _after_mlp(self, L: int, g: _Gather, mlp_out: torch.Tensor) -> torch.Tensor:
-        cfg, acts = self.cfg, self.corr.acts
-        if cfg.parallel_attn_mlp:
-            return g(self.corr.resid[L]) + g(acts[f"blocks.{L}.hook_attn_out"]) + mlp_out
-        return g(acts[f"blocks.{L}.hook_resid_mid"]) + mlp_out
-
-
-class _Gather:
-    """Positions of a group of ``count`` variants: one each (``pos`` [count]) or the first ``n`` (all).
-
-    ``g(t)`` maps an activation [batch, pos, ...] to [count, batch, k, ...] (k = 1 or n).
-    """
-
-    def __init__(self, pos: torch.Tensor | None, n: int, count: int, device: torch.device) -> None:
-        self.pos, self.n, self.count, self.device = pos, n, count, device
-
-    def to(self, device: torch.device) -> _Gather:
-        if device == self.device:
-            return self
-        return _Gather(None if self.pos is None else self.pos.to(device), self.n, self.count, device)
-
-    def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.to(self.device)
-        if self.pos is None:
-            head = t[:, : self.n]
-            return head.unsqueeze(0).expand(self.count, *head.shape)
-        return t[:, self.pos].movedim(1, 0).unsqueeze(2)

@@ -1,4 +1,4 @@
-"""Which variants share a forward pass: blocks of cells sized by cost and memory.
+"""Which variants share a forward pass: batches of cells sized by cost and memory.
 
 Within a block every variant starts at the same position ``start`` (it recomputes positions
 ``start..`` and reuses the corrupted keys/values before it) and joins the batch at its own
@@ -33,8 +33,9 @@ _MAX_MERGE_WIDTH = 64  # start positions considered for one block (keeps the pro
 
 
 @dataclass
-class Chunk:
-    """Variants run together: all start at ``start``; ``entries`` sorted by entry block."""
+class CellBatch:
+    """Cells whose patched variants run in one batch: all start at ``start``; ``entries`` sorted
+    by entry block."""
 
     start: int
     entries: list[Entry]
@@ -83,7 +84,7 @@ def variant_bytes(model: HookedTransformer, batch: int, q_len: int, n_pos: int, 
     return batch * elt * (q_len * per_token + kv + logits)
 
 
-def make_chunks(
+def plan_batches(
     model: HookedTransformer,
     entries: list[Entry],
     batch: int,
@@ -92,8 +93,8 @@ def make_chunks(
     budget: int,
     overhead: float,
     merge: bool = True,
-) -> list[Chunk]:
-    """Blocks of variants, cheapest first by the cost model, each within ``budget`` bytes."""
+) -> list[CellBatch]:
+    """Batches of variants, cheapest first by the cost model, each within ``budget`` bytes."""
     n_layers = model.cfg.n_layers
     by_start: dict[int, list[Entry]] = defaultdict(list)
     for e in entries:
@@ -134,7 +135,7 @@ def make_chunks(
         i = cut[j]
         ranges.append((i, j - 1))
         j = i
-    chunks = []
+    batches = []
     for i, j in reversed(ranges):
         s = starts[i]
         members = sorted((e for k in range(i, j + 1) for e in by_start[starts[k]]), key=lambda e: e.entry)
@@ -142,5 +143,5 @@ def make_chunks(
         pieces = math.ceil(len(members) / size)
         per_piece = math.ceil(len(members) / pieces)  # even pieces: no tiny tail block
         for k in range(0, len(members), per_piece):
-            chunks.append(Chunk(s, members[k : k + per_piece]))
-    return chunks
+            batches.append(CellBatch(s, members[k : k + per_piece]))
+    return batches
