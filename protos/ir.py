@@ -335,8 +335,10 @@ class Limits:
         A graph refused under ``self`` that passes under ``self.unbounded()`` was only too big.
         """
         import dataclasses
+        import typing
 
-        return dataclasses.replace(self, **dict.fromkeys(self.ceilings(), UNBOUNDED))
+        ceilings: dict[str, typing.Any] = dict.fromkeys(self.ceilings(), UNBOUNDED)
+        return dataclasses.replace(self, **ceilings)
 
 
 @dataclass

@@ -8,7 +8,7 @@ a Ray streaming generator of batches, fetching the next batch while this one goe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from telelens.server._private import messages
@@ -37,7 +37,7 @@ def time_left(deadline: float, loop: asyncio.AbstractEventLoop) -> float:
     return remaining
 
 
-async def collected_messages(gen: Any, chunk_bytes: int, deadline: float) -> AsyncIterator[bytes]:
+async def collected_messages(gen: Any, chunk_bytes: int, deadline: float) -> AsyncGenerator[bytes, None]:
     """The items of a worker's :meth:`~RayModelWorker.stream_results` as ``RunResponse`` bytes."""
     loop = asyncio.get_running_loop()
     # The next batch is fetched while this one's messages go out: no pause between batches.

@@ -137,7 +137,7 @@ def _items(config: Any) -> tuple[dict[str, Any], dict[str, str]]:
     """A config dataclass's keys with their values, and their docstrings (flat ones through ``flat()``)."""
     if hasattr(config, "flat"):
         return config.flat(), type(config).flat_docs()
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, field_docs(type(config))
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, field_docs(type(config))  # type: ignore[arg-type]
 
 
 def describe(config: Any, indent: str = "") -> str:

@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,7 +270,7 @@ class WorkerPool:
 
     async def _attempt(
         self, run: _Attempt, request: bytes, chunk_bytes: int, deadline: float
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """One try on one replica: results inline in the worker's stream, else parked on the worker
         and collected through Ray. Raises :class:`Failure`, or :class:`_WorkerDied`."""
         replica = run.replica
@@ -306,7 +306,9 @@ class WorkerPool:
             if not run.ended:  # deadline, client gone, or an error here: stop the worker's work
                 run.cancel(self._ray)
 
-    async def _inline_results(self, run: _Attempt, request: bytes, deadline: float) -> AsyncIterator[bytes]:
+    async def _inline_results(
+        self, run: _Attempt, request: bytes, deadline: float
+    ) -> AsyncGenerator[bytes, None]:
         """The worker's own stream; ``run.ended`` once its summary came (the results were inline)."""
         loop = asyncio.get_running_loop()
         assert run.replica.link is not None
@@ -321,7 +323,7 @@ class WorkerPool:
 
     async def _collected_results(
         self, run: _Attempt, parked: str, chunk_bytes: int, deadline: float
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Results too large for the worker's stream, collected through Ray's object store."""
         self.stats["collected"] += 1
         run.collected = start_collection(run.actor, parked)
