@@ -150,4 +150,4 @@ def weight_processing_line(config: dict[str, Any]) -> str:
     applied = [name for name, on in (config.get("weight_processing") or {}).items() if on]
     if not config["weights_processed"]:
         return "none (as from_pretrained_no_processing: Hugging Face's weights)"
-    return "as from_pretrained: " + (", ".join(applied) or "yes")
+    return "yes: " + ", ".join(applied)

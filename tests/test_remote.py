@@ -607,5 +607,6 @@ def test_cli_models_and_info(url, capsys, monkeypatch):
     assert main(["info", "tiny", "--server", url, "--hooks"]) == 0
     out = capsys.readouterr().out
     assert "n_layers" in out and PAT in out and "tokenizer" in out
+    assert "weight processing" in out and "none (as from_pretrained_no_processing" in out
     assert main(["info", "tiny", "--server", url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["d_model"] == 32
