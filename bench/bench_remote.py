@@ -66,7 +66,13 @@ def serve_telelens(port: int, threads: int, data_dir: str) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     config = ServeConfig.for_model(
-        smollm2_path(), name=MODEL, port=port, num_cpus=threads, data_dir=data_dir, ray_num_cpus=threads
+        smollm2_path(),
+        name=MODEL,
+        port=port,
+        num_cpus=threads,
+        data_dir=data_dir,
+        ray_num_cpus=threads,
+        process_weights=False,  # as the local model it is compared with
     )
     with run_server(config) as handle:
         handle.wait_for_termination()

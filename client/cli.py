@@ -115,6 +115,7 @@ def _info(args: argparse.Namespace, tls: Any) -> int:
     for key in _CONFIG_FIELDS:
         if key in config:
             print(f"  {key:<26} {config[key]}")
+    print(f"  {'weight processing':<26} {weight_processing_line(config)}")
     special = ", ".join(
         f"{kind}={tokenizer.get(f'{kind}_token')!r} ({tokenizer.get(f'{kind}_token_id')})"
         for kind in ("bos", "eos", "pad")
@@ -139,3 +140,14 @@ def _count(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return str(n)
+
+
+def weight_processing_line(config: dict[str, Any]) -> str:
+    """How the served weights were processed, from the model's config (``weights_processed`` and
+    ``weight_processing``, which a server sends; "unknown" from a server that does not)."""
+    if "weights_processed" not in config:
+        return "unknown (the server does not say)"
+    applied = [name for name, on in (config.get("weight_processing") or {}).items() if on]
+    if not config["weights_processed"]:
+        return "none (as from_pretrained_no_processing: Hugging Face's weights)"
+    return "yes: " + ", ".join(applied)

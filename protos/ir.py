@@ -307,16 +307,49 @@ class GraphValidationError(ValueError):
         super().__init__(f"invalid intervention graph ({len(self.errors)} error(s)):\n  {lines}")
 
 
+UNBOUNDED = 1 << 62
+"""A ceiling no graph reaches (what :meth:`Limits.unbounded` sets)."""
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Ceilings checked before execution (the server sets them per key)."""
+    """The one limits type: ceilings on a graph, checked before any forward pass, and the code permission.
+
+    Local runs use these defaults; a server starts from them (its config's ``limits:`` and each API
+    key override them field by field) and sends them to its workers as ``worker.proto``'s ``Limits``
+    message, field by field. Going over a ceiling is RESOURCE_EXHAUSTED on a server.
+    """
 
     max_nodes: int = 10_000
+    """Nodes in one graph, sweep sub-graphs included."""
     max_tokens: int = 65_536
-    max_constant_bytes: int = 1 << 30
+    """Tokens over all runs of one graph."""
+    max_constant_bytes: int = 256 << 20
+    """Bytes of uploaded constants in one graph (256 MiB)."""
     max_result_bytes: int = 4 << 30
+    """Bytes of saved results one graph may bring back (4 GiB)."""
     max_sweep_cells: int = 100_000
+    """Cells over all patching sweeps of one graph."""
     allow_code: bool = False
+    """Whether ``python(fn)`` code hooks may run (a permission, not a size)."""
+
+    @classmethod
+    def ceilings(cls) -> tuple[str, ...]:
+        """The names of the size ceilings (every field but ``allow_code``)."""
+        import dataclasses
+
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "allow_code")
+
+    def unbounded(self) -> Limits:
+        """These limits with every ceiling lifted (``allow_code`` kept: a permission, not a size).
+
+        A graph refused under ``self`` that passes under ``self.unbounded()`` was only too big.
+        """
+        import dataclasses
+        import typing
+
+        ceilings: dict[str, typing.Any] = dict.fromkeys(self.ceilings(), UNBOUNDED)
+        return dataclasses.replace(self, **ceilings)
 
 
 @dataclass

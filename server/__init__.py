@@ -4,9 +4,9 @@
     with run_server(ServeConfig.for_model("smollm2-135m", port=0)) as server:
         print(server.address)
 
-Modules: ``config`` (typed, validated settings), ``auth`` (API keys), ``worker`` (one model
-replica; the Ray actor body), ``pool`` (replicas, routing, dead-worker replacement),
-``service`` (the gRPC servicer), ``failures`` (errors -> status codes), ``app`` (start/stop).
+The public contract is this package's names, its ``config`` (the typed settings) and ``app``
+(starting and stopping) modules, and the ``telelens serve`` / ``telelens keys`` commands
+(``cli``). The internals live in ``telelens.server._private``, one module per job.
 Importing this package is cheap; torch and Ray load when a server starts.
 """
 
@@ -14,12 +14,23 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ConfigError", "ModelConfig", "ServeConfig", "ServerHandle", "load_config", "run_server"]
+__all__ = [
+    "ConfigError",
+    "LimitsConfig",
+    "ModelConfig",
+    "ServeConfig",
+    "ServerHandle",
+    "TLSConfig",
+    "load_config",
+    "run_server",
+]
 
 _WHERE = {
     "ConfigError": "telelens.server.config",
     "ModelConfig": "telelens.server.config",
     "ServeConfig": "telelens.server.config",
+    "LimitsConfig": "telelens.server.config",
+    "TLSConfig": "telelens.server.config",
     "load_config": "telelens.server.config",
     "ServerHandle": "telelens.server.app",
     "run_server": "telelens.server.app",

@@ -29,10 +29,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from telelens.protos import service_pb2
-from telelens.server.auth import AuthInterceptor, KeyStore
+from telelens.server._private.auth import AuthInterceptor, KeyStore
+from telelens.server._private.pool import WorkerPool
+from telelens.server._private.service import TelelensService, add_to_server
 from telelens.server.config import ServeConfig
-from telelens.server.pool import WorkerPool
-from telelens.server.service import TelelensService, add_to_server
 
 logger = logging.getLogger(__name__)
 

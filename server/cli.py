@@ -42,16 +42,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from telelens.server.config import config_from_dict, default_model_name, load_config
+    from telelens.server.config import config_from_dict, config_to_dict, default_model_name, load_config
 
     if args.config is None and not args.model:
         raise SystemExit("telelens serve: give --config FILE or --model SOURCE")
     config = load_config(args.config) if args.config else None
-    data = {}
-    if config is not None:
-        import dataclasses
-
-        data = dataclasses.asdict(config)
+    data = config_to_dict(config) if config is not None else {}
     for spec in args.model:
         name, sep, source = spec.partition("=")
         if not sep:
@@ -92,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from telelens.server.auth import add_key
+    from telelens.server._private.auth import add_key
 
     models = None if args.models.strip() == "*" else [m.strip() for m in args.models.split(",") if m.strip()]
     try:

@@ -8,24 +8,38 @@ Byte sizes accept ints or strings with units (``"256 MiB"``, ``"1GB"``).
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import difflib
 import hashlib
-import inspect
-import itertools
 import os
 import re
 import tempfile
-import textwrap
-import types
-import typing
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from telelens.protos import ir
+from telelens.server._private.config_parsing import (
+    build,
+    config_to_dict,
+    describe,
+    field_docs,
+    field_types,
+    parse_bytes,
+)
+
+__all__ = [
+    "ConfigError",
+    "LimitsConfig",
+    "ModelConfig",
+    "ServeConfig",
+    "TLSConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "default_model_name",
+    "describe",
+    "load_config",
+    "parse_bytes",
+]
 
 DTYPES = ("float32", "float16", "bfloat16")
 MAX_GRPC_MESSAGE = (1 << 31) - 1
@@ -46,43 +60,61 @@ class ConfigError(ValueError):
 
 @dataclass
 class LimitsConfig:
-    """Ceilings for one request; API keys may override any of them (see ``docs/server.md``)."""
+    """Ceilings for one request, written flat under ``limits:``; API keys may override any of them.
 
-    max_nodes: int = 10_000
-    """Nodes in one graph, sweep sub-graphs included (over it: RESOURCE_EXHAUSTED)."""
-    max_tokens: int = 65_536
-    """Tokens over all runs of one graph (over it: RESOURCE_EXHAUSTED)."""
-    max_constant_bytes: int = 256 << 20
-    """Bytes of uploaded constants in one graph (over it: RESOURCE_EXHAUSTED)."""
-    max_result_bytes: int = 4 << 30
-    """Bytes of saved results one graph may bring back (over it: RESOURCE_EXHAUSTED)."""
-    max_sweep_cells: int = 100_000
-    """Cells over all patching sweeps of one graph (over it: RESOURCE_EXHAUSTED)."""
+    The graph's ceilings are an :class:`telelens.protos.ir.Limits` (its fields, defaults and
+    docstrings: ``max_nodes``, ``max_tokens``, ``max_constant_bytes``, ``max_result_bytes``,
+    ``max_sweep_cells``); the server adds two policy fields of its own. See ``docs/server.md``.
+    """
+
+    graph: ir.Limits = field(default_factory=ir.Limits)
+    """The graph's ceilings (over one: RESOURCE_EXHAUSTED); its ``allow_code`` is never set here, it
+    comes per request from ``allow_code`` and the key's permission."""
     deadline_seconds: float = 600.0
     """Wall-clock limit of one Run, queueing included (over it: DEADLINE_EXCEEDED)."""
     max_concurrent_runs: int = 0
     """Runs one API key may have in flight at once; 0 = no limit (over it: RESOURCE_EXHAUSTED)."""
 
+    POLICY: ClassVar[tuple[str, ...]] = ("deadline_seconds", "max_concurrent_runs")
+    """The server's own keys beside the graph's ceilings."""
+
+    # ------------------------------------------------------------------ the flat form (YAML keys)
+    @classmethod
+    def flat_types(cls) -> dict[str, Any]:
+        """Every key ``limits:`` accepts, with its type: the graph's ceilings, then :data:`POLICY`."""
+        graph, own = field_types(ir.Limits), field_types(cls)
+        return {**{k: graph[k] for k in ir.Limits.ceilings()}, **{k: own[k] for k in cls.POLICY}}
+
+    @classmethod
+    def flat_docs(cls) -> dict[str, str]:
+        return {**field_docs(ir.Limits), **field_docs(cls)}
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> LimitsConfig:
+        """Limits from flat keys (already of the right types); missing keys keep their defaults."""
+        graph = {k: v for k, v in values.items() if k not in cls.POLICY}
+        return cls(ir.Limits(**graph), **{k: v for k, v in values.items() if k in cls.POLICY})
+
+    def flat(self) -> dict[str, Any]:
+        """The flat keys and their values (what ``limits:`` holds)."""
+        return {k: getattr(self.graph, k) for k in ir.Limits.ceilings()} | {
+            k: getattr(self, k) for k in self.POLICY
+        }
+
+    # ------------------------------------------------------------------ use
     def to_ir(self, allow_code: bool) -> ir.Limits:
         """The executor's view of these limits."""
-        return ir.Limits(
-            max_nodes=self.max_nodes,
-            max_tokens=self.max_tokens,
-            max_constant_bytes=self.max_constant_bytes,
-            max_result_bytes=self.max_result_bytes,
-            max_sweep_cells=self.max_sweep_cells,
-            allow_code=allow_code,
-        )
+        return dataclasses.replace(self.graph, allow_code=allow_code)
 
     def merged(self, overrides: dict[str, Any]) -> LimitsConfig:
-        """A copy with ``overrides`` (already validated field values) applied."""
-        return dataclasses.replace(self, **overrides)
+        """A copy with ``overrides`` (already validated flat values) applied."""
+        return self.from_flat({**self.flat(), **overrides})
 
     def check(self, path: str) -> list[tuple[str, str]]:
         problems = [
-            (f"{path}.{f.name}", "must be >= 1")
-            for f in dataclasses.fields(self)
-            if f.name.startswith("max_") and f.name != "max_concurrent_runs" and getattr(self, f.name) < 1
+            (f"{path}.{name}", "must be >= 1")
+            for name in ir.Limits.ceilings()
+            if getattr(self.graph, name) < 1
         ]
         if self.max_concurrent_runs < 0:
             problems.append((f"{path}.max_concurrent_runs", "must be >= 0 (0 = no limit)"))
@@ -131,9 +163,10 @@ class ModelConfig:
     """Weight and activation dtype: float32, float16 or bfloat16."""
     device: str = "cpu"
     """``cpu`` or ``cuda`` (``cuda`` needs ``num_gpus`` > 0: Ray hides GPUs from actors without)."""
-    processing: bool = False
-    """Apply TransformerLens weight processing (``from_pretrained``); False keeps Hugging Face's exact
-    logits (``from_pretrained_no_processing``)."""
+    process_weights: bool = True
+    """Apply TransformerLens weight processing, as ``HookedTransformer.from_pretrained`` does (the same
+    numbers as a local ``from_pretrained(source)``); false loads ``from_pretrained_no_processing``
+    (Hugging Face's exact logits) and clients see ``cfg.weights_processed == False``."""
     from_pretrained_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for ``from_pretrained`` (e.g. ``default_prepend_bos``, ``first_n_layers``)."""
 
@@ -263,7 +296,7 @@ class ServeConfig:
             value = getattr(self, name)
             if not 4096 <= value <= self.max_message_bytes - CHUNK_OVERHEAD:
                 problems.append((name, f"must be in 4096..max_message_bytes - {CHUNK_OVERHEAD}"))
-        if self.limits.max_constant_bytes > self.max_message_bytes:
+        if self.limits.graph.max_constant_bytes > self.max_message_bytes:
             problems.append(
                 (
                     "limits.max_constant_bytes",
@@ -307,7 +340,7 @@ def config_from_dict(
 ) -> ServeConfig:
     """Validate plain data (from YAML, JSON or code) into a :class:`ServeConfig`."""
     problems: list[tuple[str, str]] = []
-    config = _build(ServeConfig, data, "", problems)
+    config = build(ServeConfig, data, "", problems)
     if problems:
         raise ConfigError(problems, source)
     assert isinstance(config, ServeConfig)
@@ -335,140 +368,3 @@ def _resolve_paths(config: ServeConfig, base: Path) -> None:
         local = base / m.source
         if not Path(m.source).is_absolute() and local.exists():
             m.source = str(local)
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
-
-
-def parse_bytes(value: object) -> int:
-    """``4096``, ``"64 KiB"``, ``"1GB"`` -> bytes (binary units with ``i``, decimal without)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    m = _SIZE.match(value) if isinstance(value, str) else None
-    if m is None:
-        raise ValueError(f"{value!r} is not a byte size (e.g. 1048576, '1 MiB', '2GB')")
-    number, unit = float(m.group(1)), (m.group(2) or "").upper()
-    scale = 1024 ** "KMGT".index(unit[0]) * 1024 if "I" in unit else _UNITS[unit[:1]]
-    return int(number * scale)
-
-
-def _build(tp: Any, data: Any, path: str, problems: list[tuple[str, str]]) -> Any:
-    """``data`` converted to type ``tp`` (recursively); problems are collected, not raised."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if data is None:
-            return None
-        return _build(args[0], data, path, problems)
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if not isinstance(data, dict):
-            problems.append((path, f"expected a mapping, got {type(data).__name__}"))
-            return None
-        hints = field_types(tp)
-        known = [f.name for f in dataclasses.fields(tp)]
-        kwargs = {}
-        for key, value in data.items():
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                problems.append((sub, "unknown field" + (f"; did you mean {close[0]!r}?" if close else "")))
-                continue
-            kwargs[key] = parse_field(hints[key], key, value, sub, problems)
-        return typing.cast(Any, tp)(**kwargs)
-    if origin is list:
-        if not isinstance(data, list):
-            problems.append((path, f"expected a list, got {type(data).__name__}"))
-            return []
-        (item,) = typing.get_args(tp)
-        return [_build(item, v, f"{path}[{i}]", problems) for i, v in enumerate(data)]
-    if origin is dict:
-        if not isinstance(data, dict):
-            problems.append((path, f"expected a mapping, got {type(data).__name__}"))
-            return {}
-        return dict(data)
-    return _scalar(tp, data, path, problems)
-
-
-def parse_field(tp: Any, name: str, value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
-    if name.endswith("_bytes") and value is not None:
-        try:
-            return parse_bytes(value)
-        except ValueError as e:
-            problems.append((path, str(e)))
-            return 0
-    return _build(tp, value, path, problems)
-
-
-def _scalar(tp: Any, data: Any, path: str, problems: list[tuple[str, str]]) -> Any:
-    ok = (
-        (tp is bool and isinstance(data, bool))
-        or (tp is int and isinstance(data, int) and not isinstance(data, bool))
-        or (tp is float and isinstance(data, (int, float)) and not isinstance(data, bool))
-        or (tp is str and isinstance(data, (str, int, float)) and not isinstance(data, bool))
-        or tp is Any
-    )
-    if not ok:
-        problems.append((path, f"expected {tp.__name__}, got {type(data).__name__} {data!r}"))
-        return data
-    if tp is float:
-        return float(data)
-    return str(data) if tp is str else data
-
-
-@cache
-def field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-# ----------------------------------------------------------------------------------- describing
-@cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The attribute docstrings of a dataclass (the string right after each field)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for stmt, nxt in itertools.pairwise(body):
-        if (
-            isinstance(stmt, ast.AnnAssign)
-            and isinstance(stmt.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[stmt.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def describe(config: Any, indent: str = "") -> str:
-    """The config as commented YAML: every field, its value and its docstring."""
-    lines = []
-    docs = field_docs(type(config))  # type: ignore[arg-type]
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        doc = docs.get(f.name, "")
-        if doc:
-            lines.append(f"{indent}# {doc}")
-        if dataclasses.is_dataclass(value):
-            lines.append(f"{indent}{f.name}:")
-            lines.append(describe(value, indent + "  "))
-        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
-            lines.append(f"{indent}{f.name}:")
-            for item in value:
-                lines.append(f"{indent}  -")
-                lines.append(describe(item, indent + "    "))
-        else:
-            lines.append(f"{indent}{f.name}: {_yaml_value(value)}")
-    return "\n".join(lines)
-
-
-def _yaml_value(value: Any) -> str:
-    import json
-
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return json.dumps(value)

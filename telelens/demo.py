@@ -102,7 +102,7 @@ def main(
     if local:
         from telelens.core.hooked_transformer import HookedTransformer
 
-        model: Any = HookedTransformer.from_pretrained_no_processing(model_name)
+        model: Any = HookedTransformer.from_pretrained(model_name)  # what a server serves by default
         where = "in-process"
         return _show(model, png, where, t0)
     import telelens

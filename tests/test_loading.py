@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 from telelens.core.hooked_transformer import HookedTransformer
 from telelens.core.loading import (
     CheckpointMismatchError,
-    ModelNotFoundError,
     SafetensorsWriter,
+    UnknownModelError,
     parse_dtype,
     resolve_model,
 )
@@ -63,7 +63,7 @@ def test_local_paths(tiny_hf, tmp_path):
 
 def test_unknown_name_lists_everything_tried(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(ModelNotFoundError) as err:
+    with pytest.raises(UnknownModelError) as err:
         HookedTransformer.from_pretrained_no_processing("telelens-tests/no-such-model-xyz")
     msg = str(err.value)
     for step in ("local path", "TransformerLens alias", "Hugging Face cache", "Hugging Face hub"):
@@ -73,7 +73,7 @@ def test_unknown_name_lists_everything_tried(monkeypatch):
 
 def test_offline_skips_the_hub(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelNotFoundError, match=r"hub: not tried \(offline"):
+    with pytest.raises(UnknownModelError, match=r"hub: not tried \(offline"):
         resolve_model("gpt2-small")
 
 
@@ -96,7 +96,7 @@ def test_hf_cache_resolution(tiny_hf, tmp_path):
 def test_folder_without_config_or_weights(tmp_path, tiny_hf):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("hi")
-    with pytest.raises(ModelNotFoundError, match=r"no config\.json.*notes\.txt"):
+    with pytest.raises(UnknownModelError, match=r"no config\.json.*notes\.txt"):
         load(tmp_path / "empty")
     _hf, folder = tiny_hf("llama_gqa")
     (folder / "model.safetensors").unlink()

@@ -85,7 +85,7 @@ def _save_tiny_model(folder: Path) -> None:
 
 
 def _keys_file(path: Path) -> Path:
-    from telelens.server.auth import hash_key
+    from telelens.server._private.auth import hash_key
 
     keys = [
         {"name": "tester", "key_sha256": hash_key(KEY), "models": "*", "allow_code": True},
@@ -112,6 +112,7 @@ def server(ray_cluster: None, tiny_folder: Path, tmp_path_factory: pytest.TempPa
         str(tiny_folder), name="tiny", port=0, data_dir=str(base / "data"),
         keys_file=str(_keys_file(base / "keys.json")), allow_code=True,
         progress_interval_seconds=0.0,  # progress for every pass, however short the run
+        process_weights=False,  # compared with the local from_pretrained_no_processing model
     )  # fmt: skip
     with run_server(config) as handle:
         yield handle
@@ -476,7 +477,9 @@ def test_retries_reach_a_server_that_starts_late(tiny_folder, remote, tmp_path):
     from telelens.server.config import ServeConfig
 
     port = _free_port()
-    config = ServeConfig.for_model(str(tiny_folder), name="tiny", port=port, data_dir=str(tmp_path / "late"))
+    config = ServeConfig.for_model(
+        str(tiny_folder), name="tiny", port=port, data_dir=str(tmp_path / "late"), process_weights=False
+    )
     started, stop = threading.Event(), threading.Event()
 
     def serve_later() -> None:
@@ -518,7 +521,7 @@ def test_tls(tiny_folder, remote, tmp_path):
     )  # fmt: skip
     config = ServeConfig.for_model(
         str(tiny_folder), name="tiny", port=0, data_dir=str(tmp_path / "tls"),
-        tls={"cert_file": str(cert), "key_file": str(key)},
+        tls={"cert_file": str(cert), "key_file": str(key)}, process_weights=False,
     )  # fmt: skip
     with run_server(config) as server:
         with telelens.connect(f"grpcs://localhost:{server.port}", tls=str(cert), progress=False) as secure:
@@ -609,5 +612,6 @@ def test_cli_models_and_info(url, capsys, monkeypatch):
     assert main(["info", "tiny", "--server", url, "--hooks"]) == 0
     out = capsys.readouterr().out
     assert "n_layers" in out and PAT in out and "tokenizer" in out
+    assert "weight processing" in out and "none (as from_pretrained_no_processing" in out
     assert main(["info", "tiny", "--server", url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["d_model"] == 32

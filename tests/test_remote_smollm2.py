@@ -31,7 +31,10 @@ def server(ray_cluster: None, smollm2_path: Path, tmp_path_factory: pytest.TempP
 
     data = tmp_path_factory.mktemp("smollm2-server")
     # two torch threads, as in this process: the same matmul blocking, the same numbers
-    config = ServeConfig.for_model(str(smollm2_path), name=NAME, port=0, data_dir=str(data), num_cpus=2)
+    # served without weight processing: it must then equal ``smollm2`` (from_pretrained_no_processing)
+    config = ServeConfig.for_model(
+        str(smollm2_path), name=NAME, port=0, data_dir=str(data), num_cpus=2, process_weights=False
+    )
     with run_server(config) as handle:
         yield handle
 
@@ -170,3 +173,10 @@ def test_logit_lens_equals_local(remote, smollm2):
     lens_logits = lens @ remote.W_U  # [31, 1, d_vocab]
     assert torch.allclose(lens_logits[-1, 0], logits[0, -1], atol=1e-3)
     assert remote.to_string(lens_logits[-1, 0].argmax()) == " Paris"
+
+
+def test_unprocessed_server_says_so_and_equals_no_processing(remote, smollm2):
+    assert remote.cfg.weights_processed is False
+    assert not any(remote.cfg.weight_processing.values())
+    for name in ("W_E", "W_U", "W_Q", "W_in", "b_O"):
+        assert torch.equal(getattr(remote, name), getattr(smollm2, name)), name

@@ -31,7 +31,7 @@ from server_helpers import (
 
 from telelens.core.graph.hooks import hook_table
 from telelens.protos import codec, ir, service_pb2, worker_pb2
-from telelens.server.auth import add_key
+from telelens.server._private.auth import add_key
 from telelens.server.config import ServeConfig
 
 pytestmark = pytest.mark.timeout(300)
@@ -68,6 +68,7 @@ def server(
         str(tiny_folder),
         name="tiny",
         port=0,
+        process_weights=False,  # compared with the local from_pretrained_no_processing model
         keys_file=str(keys[0]),
         allow_code=True,
         data_dir=str(tmp_path_factory.mktemp("data")),
@@ -426,7 +427,7 @@ def test_a_short_run_comes_as_one_batch_to_a_client_that_accepts_them(stub, key,
 def test_worker_channel_needs_the_token_from_ray(server) -> None:
     import ray
 
-    from telelens.server.worker_channel import TOKEN_KEY
+    from telelens.server._private.worker_channel import TOKEN_KEY
 
     address, token = ray.get(_replica(server).actor.endpoint.remote())
     request = worker_pb2.WorkerRunRequest().SerializeToString()

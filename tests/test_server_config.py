@@ -13,20 +13,20 @@ from server_helpers import constant, make_tiny_folder
 
 from telelens.cli import main as cli_main
 from telelens.protos import codec, ir, service_pb2, worker_pb2
-from telelens.server import failures
-from telelens.server.auth import AuthError, KeyStore, add_key, bearer, hash_key, read_keys_file
+from telelens.server._private import failures
+from telelens.server._private.auth import AuthError, KeyStore, add_key, bearer, hash_key, read_keys_file
+from telelens.server._private.config_parsing import field_docs
+from telelens.server._private.messages import encode_chunk
+from telelens.server._private.service import handshake
 from telelens.server.config import (
     ConfigError,
     LimitsConfig,
     ServeConfig,
     config_from_dict,
     describe,
-    field_docs,
     load_config,
     parse_bytes,
 )
-from telelens.server.messages import encode_chunk
-from telelens.server.service import handshake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,8 +41,8 @@ def _problems(data: dict) -> dict[str, str]:
 def test_for_model_defaults_and_overrides() -> None:
     c = ServeConfig.for_model("/models/gpt2-small/", replicas=2, chunk_bytes="256 KiB", host="0.0.0.0")
     (m,) = c.models
-    assert (m.name, m.source, m.replicas, m.device, m.dtype, m.processing) == (
-        "gpt2-small", "/models/gpt2-small/", 2, "cpu", "float32", False,
+    assert (m.name, m.source, m.replicas, m.device, m.dtype, m.process_weights) == (
+        "gpt2-small", "/models/gpt2-small/", 2, "cpu", "float32", True,
     )  # fmt: skip
     assert (c.port, c.host, c.chunk_bytes, c.keys_file, c.ray_address) == (
         0,
@@ -59,7 +59,7 @@ def test_every_field_has_a_docstring() -> None:
 
     from telelens.server.config import ModelConfig, TLSConfig
 
-    for cls in (ServeConfig, ModelConfig, LimitsConfig, TLSConfig):
+    for cls in (ServeConfig, ModelConfig, LimitsConfig, TLSConfig, ir.Limits):
         missing = {f.name for f in dataclasses.fields(cls)} - set(field_docs(cls))
         assert not missing, (cls.__name__, missing)
 
@@ -114,7 +114,7 @@ def test_load_yaml_resolves_paths_next_to_it(tmp_path: Path) -> None:
     )
     c = load_config(tmp_path / "serve.yaml")
     assert c.keys_file == str(tmp_path / "keys.yaml")
-    assert c.limits.max_result_bytes == 1 << 30 and c.limits.deadline_seconds == 30.0
+    assert c.limits.graph.max_result_bytes == 1 << 30 and c.limits.deadline_seconds == 30.0
     assert c.models[0].num_cpus == 0.5 and c.models[0].source == "smollm2-135m"
     # The --check listing is YAML that loads back to the same config.
     assert config_from_dict(yaml.safe_load(describe(c))) == c
@@ -238,15 +238,15 @@ def test_encode_chunk_is_protobuf_byte_for_byte(name: str, offset: int, size: in
 # ------------------------------------------------------------------------------------ worker
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from telelens.server._private.worker import ModelWorker
     from telelens.server.config import ModelConfig
-    from telelens.server.worker import ModelWorker
 
     folder = make_tiny_folder(tmp_path_factory.mktemp("tiny") / "tiny")
     return ModelWorker(ModelConfig(name="tiny", source=str(folder)), chunk_bytes=4096)
 
 
 def test_worker_streams_views_of_the_result(worker) -> None:  # type: ignore[no-untyped-def]
-    from telelens.server.worker import Chunk, Done, Header, Progress
+    from telelens.server._private.results import Done, Header, Progress, ResultPiece
 
     graph = ir.Graph(
         (
@@ -266,7 +266,7 @@ def test_worker_streams_views_of_the_result(worker) -> None:  # type: ignore[no-
     assert [(h.name, h.dtype, h.shape, h.nbytes) for h in headers] == [
         ("x", "bfloat16", (3000,), 6000), ("logits", "float32", (1, 3, 97), 1164),
     ]  # fmt: skip
-    chunks = [i for i in items if isinstance(i, Chunk) and i.name == "x"]
+    chunks = [i for i in items if isinstance(i, ResultPiece) and i.name == "x"]
     assert [c.offset for c in chunks] == [0, 4096] and chunks[0].data.base is chunks[1].data.base  # views
     raw = b"".join(c.data.tobytes() for c in chunks)
     assert torch.equal(
@@ -278,7 +278,7 @@ def test_worker_runs_every_pass_on_one_compute_thread(worker) -> None:  # type: 
     """Torch work stays on the worker's one compute thread (a second OpenMP team would halve speed)."""
     import threading
 
-    from telelens.server.worker import Progress
+    from telelens.server._private.results import Progress
 
     seen: list[int] = []
     graph = ir.Graph(
@@ -305,7 +305,7 @@ def test_worker_runs_every_pass_on_one_compute_thread(worker) -> None:  # type: 
 
 
 def test_worker_reports_failures(worker) -> None:  # type: ignore[no-untyped-def]
-    from telelens.server.failures import Failure
+    from telelens.server._private.failures import Failure
 
     bad = ir.Graph((ir.Run(0, text=("w1",)), ir.Read(1, 0, "nope"), ir.Save(2, ir.Ref(1), "x")))
     (failure,) = list(worker.run(bad, ir.Limits()))
@@ -322,7 +322,7 @@ def test_worker_reports_failures(worker) -> None:  # type: ignore[no-untyped-def
 # ------------------------------------------------------------------------------------ worker channel
 @pytest.fixture(scope="module")
 def channel(worker):  # type: ignore[no-untyped-def]
-    from telelens.server.worker_channel import WorkerChannel
+    from telelens.server._private.worker_channel import WorkerChannel
 
     served = WorkerChannel(worker, "127.0.0.1")
     yield served
@@ -331,7 +331,7 @@ def channel(worker):  # type: ignore[no-untyped-def]
 
 def _channel_run(channel, graph: ir.Graph, inline_bytes: int, token: str | None = None):  # type: ignore[no-untyped-def]
     """The worker channel's answer to ``graph``: its RunResponse messages and trailing metadata."""
-    from telelens.server.worker_channel import TOKEN_KEY, limits_to_proto
+    from telelens.server._private.worker_channel import TOKEN_KEY, limits_to_proto
 
     request = worker_pb2.WorkerRunRequest(
         graph=codec.encode_graph(graph),
@@ -348,8 +348,8 @@ def _channel_run(channel, graph: ir.Graph, inline_bytes: int, token: str | None 
 
 
 def test_worker_channel_sends_small_results_and_parks_large_ones(worker, channel) -> None:  # type: ignore[no-untyped-def]
-    from telelens.server.failures import Failure
-    from telelens.server.worker_channel import PARKED_KEY
+    from telelens.server._private.failures import Failure
+    from telelens.server._private.worker_channel import PARKED_KEY
 
     graph = ir.Graph((ir.Run(0, text=("w1 w2",)), ir.Read(1, 0, "logits"), ir.Save(2, ir.Ref(1), "logits")))
     want = b"".join(i.data.tobytes() for i in worker.run(graph, ir.Limits()) if hasattr(i, "data"))
@@ -369,7 +369,7 @@ def test_worker_channel_sends_small_results_and_parks_large_ones(worker, channel
 
 
 def test_worker_channel_marks_the_failures_of_runs(channel) -> None:  # type: ignore[no-untyped-def]
-    from telelens.server.worker_channel import FAILURE_KEY
+    from telelens.server._private.worker_channel import FAILURE_KEY
 
     bad = ir.Graph((ir.Run(0, text=("w1",)), ir.Read(1, 0, "nope"), ir.Save(2, ir.Ref(1), "x")))
     with pytest.raises(grpc.RpcError) as e:
@@ -381,7 +381,7 @@ def test_worker_channel_marks_the_failures_of_runs(channel) -> None:  # type: ig
 
 
 def test_worker_channel_refuses_a_wrong_token(channel) -> None:  # type: ignore[no-untyped-def]
-    from telelens.server.worker_channel import FAILURE_KEY
+    from telelens.server._private.worker_channel import FAILURE_KEY
 
     ok = ir.Graph((ir.Run(0, text=("w1",)), ir.Read(1, 0, "logits"), ir.Save(2, ir.Ref(1), "x")))
     with pytest.raises(grpc.RpcError) as e:
@@ -391,8 +391,8 @@ def test_worker_channel_refuses_a_wrong_token(channel) -> None:  # type: ignore[
 
 
 def test_parked_results_expire(channel, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from telelens.server import worker_channel
-    from telelens.server.failures import Failure
+    from telelens.server._private import worker_channel
+    from telelens.server._private.failures import Failure
 
     monkeypatch.setattr(worker_channel, "PARK_SECONDS", -1.0)  # expired as soon as parked
     first = channel.park({}, 0.0)
@@ -403,7 +403,7 @@ def test_parked_results_expire(channel, monkeypatch) -> None:  # type: ignore[no
 
 @pytest.mark.parametrize("sizes", [(), (0,), (5, 300, 70_000)])
 def test_batch_is_protobuf_byte_for_byte(sizes: tuple[int, ...]) -> None:
-    from telelens.server.messages import batch
+    from telelens.server._private.messages import batch
 
     responses = [
         service_pb2.RunResponse(chunk=service_pb2.ResultChunk(name="x", offset=i, data=os.urandom(n)))
@@ -415,7 +415,7 @@ def test_batch_is_protobuf_byte_for_byte(sizes: tuple[int, ...]) -> None:
 
 
 def test_batched_keeps_a_batch_within_its_limit() -> None:
-    from telelens.server.messages import batch, batched
+    from telelens.server._private.messages import batch, batched
 
     responses = [bytes([0x1A]) + bytes(100), bytes([0x1A]) + bytes(200), bytes([0x22, 0])]
     whole = batch(responses)
@@ -426,7 +426,7 @@ def test_batched_keeps_a_batch_within_its_limit() -> None:
 
 
 def test_limits_travel_to_the_worker_unchanged() -> None:
-    from telelens.server.worker_channel import limits_from_proto, limits_to_proto
+    from telelens.server._private.worker_channel import limits_from_proto, limits_to_proto
 
     limits = ir.Limits(
         max_nodes=7,
@@ -441,7 +441,7 @@ def test_limits_travel_to_the_worker_unchanged() -> None:
 
 
 def test_message_kinds_are_told_from_their_first_byte() -> None:
-    from telelens.server.messages import carries_result, is_done
+    from telelens.server._private.messages import carries_result, is_done
 
     kinds = {
         "progress": service_pb2.RunResponse(progress=service_pb2.Progress()),
@@ -462,6 +462,8 @@ def test_docs_list_every_config_field() -> None:
     from telelens.server.config import ModelConfig, TLSConfig
 
     text = (REPO / "docs" / "server.md").read_text()
-    for cls in (ServeConfig, ModelConfig, LimitsConfig, TLSConfig):
+    for cls in (ServeConfig, ModelConfig, TLSConfig):
         for f in dataclasses.fields(cls):
             assert f"| `{f.name}` |" in text, (cls.__name__, f.name)
+    for key in LimitsConfig.flat_types():  # the keys under `limits:` (an ir.Limits and the server's own)
+        assert f"| `{key}` |" in text, ("LimitsConfig", key)

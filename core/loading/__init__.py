@@ -8,14 +8,14 @@ loaded Hugging Face model (``hf_model=``).
 
 from telelens.core.loading.checkpoint import SafetensorsWriter
 from telelens.core.loading.load import load_pretrained, parse_dtype
-from telelens.core.loading.resolve import ModelNotFoundError, ResolvedModel, resolve_model
+from telelens.core.loading.resolve import ResolvedModel, UnknownModelError, resolve_model
 from telelens.core.loading.weights import CheckpointMismatchError
 
 __all__ = [
     "CheckpointMismatchError",
-    "ModelNotFoundError",
     "ResolvedModel",
     "SafetensorsWriter",
+    "UnknownModelError",
     "load_pretrained",
     "parse_dtype",
     "resolve_model",

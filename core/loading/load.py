@@ -31,7 +31,7 @@ from telelens.core.config import HookedTransformerConfig
 from telelens.core.loading import cache as gguf_cache
 from telelens.core.loading.checkpoint import Checkpoint, StateDictCheckpoint, open_folder
 from telelens.core.loading.gguf_file import GGUFCheckpoint, load_gguf_config, load_gguf_tokenizer
-from telelens.core.loading.resolve import ModelNotFoundError, ResolvedModel, resolve_model
+from telelens.core.loading.resolve import ResolvedModel, UnknownModelError, resolve_model
 from telelens.core.loading.tokenizer import ensure_bos, load_folder_tokenizer, tokenizer_prepends_bos
 from telelens.core.loading.weights import fill, init_buffers, materialize
 from telelens.core.models.registry import ArchitectureAdapter, architecture_name, get_adapter
@@ -128,7 +128,7 @@ def _hf_model_source(hf_model: Any, model_name: str, hub: dict[str, Any]) -> _So
                 continue
             try:
                 resolved = resolve_model(candidate, **{**hub, "local_files_only": True})
-            except ModelNotFoundError:
+            except UnknownModelError:
                 continue
             if resolved.kind == "gguf":
                 return load_gguf_tokenizer(resolved.path)

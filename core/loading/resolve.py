@@ -71,7 +71,7 @@ BUNDLED_GGUF: dict[str, tuple[str, str]] = {
 _HUB_PATTERNS = ["*.json", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
 
 
-class ModelNotFoundError(ValueError):
+class UnknownModelError(ValueError):
     """No source had the model; the message lists every place that was tried."""
 
 
@@ -121,7 +121,7 @@ def _local(path: Path, official: str) -> ResolvedModel:
     if path.is_file():
         if path.suffix.lower() == ".gguf":
             return ResolvedModel("gguf", path, official)
-        raise ModelNotFoundError(
+        raise UnknownModelError(
             f"{path} is a file but not a .gguf file; pass a Hugging Face model folder or a .gguf"
         )
     if (path / "config.json").is_file():
@@ -130,7 +130,7 @@ def _local(path: Path, official: str) -> ResolvedModel:
     if len(ggufs) == 1:
         return ResolvedModel("gguf", ggufs[0], official)
     found = ", ".join(sorted(p.name for p in path.iterdir())[:20]) or "nothing"
-    raise ModelNotFoundError(
+    raise UnknownModelError(
         f"{path} has no config.json"
         + (f" and {len(ggufs)} .gguf files (pass one)" if ggufs else "")
         + f"; it holds: {found}"
@@ -201,7 +201,7 @@ def resolve_model(
             tried.append(f"Hugging Face hub: {type(e).__name__}: {_first_line(e)}")
 
     steps = "\n".join(f"  - {t}" for t in tried)
-    raise ModelNotFoundError(f"could not find model {text!r}. Tried:\n{steps}")
+    raise UnknownModelError(f"could not find model {text!r}. Tried:\n{steps}")
 
 
 def _download(repo: str, common: dict[str, Any]) -> str:

@@ -18,14 +18,14 @@ from typing import NoReturn
 import grpc
 
 import telelens
+from telelens.core.description import ModelDescription
 from telelens.protos import ir, service_pb2, service_pb2_grpc, worker_pb2
-from telelens.server import failures, messages
-from telelens.server.auth import ApiKey, AuthError, KeyStore
+from telelens.server._private import failures, messages
+from telelens.server._private.auth import ApiKey, AuthError, KeyStore
+from telelens.server._private.failures import Failure
+from telelens.server._private.pool import WorkerPool
+from telelens.server._private.worker_channel import limits_to_proto
 from telelens.server.config import CHUNK_OVERHEAD, ServeConfig
-from telelens.server.failures import Failure
-from telelens.server.pool import WorkerPool
-from telelens.server.worker import ModelDescription
-from telelens.server.worker_channel import limits_to_proto
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +60,18 @@ def handshake(client_version: int) -> service_pb2.HandshakeResponse:
     )
 
 
-def model_info_message(d: ModelDescription) -> service_pb2.ModelInfo:
+def model_info_message(name: str, d: ModelDescription) -> service_pb2.ModelInfo:
+    """``GetModelInfo``'s answer for the model served as ``name``."""
     info = service_pb2.ModelInfo(
-        name=d.name,
+        name=name,
         config_json=d.config_json,
         tokenizer_json=d.tokenizer_json,
         tokenizer_config_json=d.tokenizer_config_json,
     )
-    for name, dims in d.hooks:
-        info.hooks.add(name=name, shape=list(dims))
-    for name, shape, dtype in d.weights:
-        info.weights.add(name=name, shape=list(shape), dtype=messages.wire_dtype(dtype))
+    for hook, dims in d.hooks:
+        info.hooks.add(name=hook, shape=list(dims))
+    for weight, shape, dtype in d.weights:
+        info.weights.add(name=weight, shape=list(shape), dtype=messages.wire_dtype(dtype))
     return info
 
 
@@ -152,7 +153,7 @@ class TelelensService(service_pb2_grpc.TelelensServicer):
 
     async def GetModelInfo(self, request, context):  # type: ignore[no-untyped-def]
         key = await self._key(context)
-        return model_info_message(await self._model(request.model, key, context))
+        return model_info_message(request.model, await self._model(request.model, key, context))
 
     async def Run(self, request, context) -> AsyncIterator[bytes]:  # type: ignore[no-untyped-def,override]
         key = await self._key(context)

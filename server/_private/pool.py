@@ -1,6 +1,6 @@
 """The Ray workers: replicas per model, least-busy routing, dead-replica replacement.
 
-Every replica is a :class:`~telelens.server.worker.RayModelWorker` actor. A replica that
+Every replica is a :class:`~telelens.server._private.worker.RayModelWorker` actor. A replica that
 spans several GPUs gets a placement group (one ``STRICT_PACK`` bundle holding all of its
 GPUs) so that its resources are reserved together on one node. A request goes to the
 replica with the fewest requests in flight, over that worker's own gRPC channel
@@ -19,24 +19,22 @@ import contextlib
 import itertools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
+from telelens.core.description import ModelDescription
 from telelens.protos import codec, ir
-from telelens.server import messages, worker_channel
+from telelens.server._private import messages, worker_channel
+from telelens.server._private.collect import collected_messages, start_collection, time_left
+from telelens.server._private.failures import Failure
+from telelens.server._private.ray_worker import RayModelWorker
 from telelens.server.config import ModelConfig, ServeConfig
-from telelens.server.failures import Failure
-from telelens.server.worker import Item, ModelDescription, RayModelWorker
 
 logger = logging.getLogger(__name__)
 
-BACKPRESSURE_OBJECTS = 4
-"""Chunks a worker may have produced ahead of the front door (bounds memory per request)."""
-PREFETCH_BATCHES = 1
-"""Batches the front door holds fetched ahead of the one it is sending."""
 ACTOR_THREADS = 4
 """Ray calls a worker actor serves at once (pings, model info, collections of parked results)."""
 ALIVE_SECONDS = 10.0
@@ -71,6 +69,46 @@ class _Model:
     config: ModelConfig
     replicas: list[Replica] = field(default_factory=list)
     description: ModelDescription | None = None
+
+
+@dataclass
+class _Attempt:
+    """One try of a run on one replica: what to stop if it ends early, and whether results started."""
+
+    replica: Replica
+    actor: Any = None
+    """The replica's actor when the try began (a replacement may swap the replica's)."""
+    call: Any = None
+    """The worker stream's call, once started (cancelled if the try ends early)."""
+    collected: Any = None
+    """The Ray stream of parked results, once started (cancelled if the try ends early)."""
+    results_started: bool = False
+    """Whether a result has reached the client (then a dead worker is not retried)."""
+    ended: bool = False
+    """Whether the worker's side has ended (nothing left to cancel)."""
+
+    def __post_init__(self) -> None:
+        self.actor = self.replica.actor
+
+    @property
+    def where(self) -> str:
+        return f"worker {self.replica.model.name}/{self.replica.index}"
+
+    def saw(self, message: bytes) -> bytes:
+        """``message``, on its way to the client (noting whether it carries a result)."""
+        self.results_started = self.results_started or messages.carries_result(message)
+        return message
+
+    def cancel(self, ray: Any) -> None:
+        """Stop the worker's work for this try."""
+        if self.call is not None:
+            self.call.cancel()
+        if self.collected is not None:
+            ray.cancel(self.collected)
+
+
+class _WorkerDied(Exception):
+    """The replica's actor died during a try (its cause is the exception's argument)."""
 
 
 class WorkerPool:
@@ -207,75 +245,104 @@ class WorkerPool:
 
         ``deadline`` is in event-loop time. Raises :class:`Failure` (the worker's own, or
         DEADLINE_EXCEEDED / UNAVAILABLE / INTERNAL). Closing the iterator early cancels the run.
+        A replica that dies is replaced; the run is retried once on a live one if no result had
+        reached the client yet.
         """
-        loop = asyncio.get_running_loop()
         for attempt in (1, 2):
-            replica = self._pick(model)
-            actor = replica.actor
-            replica.busy += 1
-            replica.served = next(self._ticket)
-            started_results = False
-            finished = False
-            call: Any = None
-            collected: Any = None
-            where = f"worker {model}/{replica.index}"
+            run = _Attempt(self._pick(model))
             try:
-                assert replica.link is not None
-                link = await asyncio.wait_for(asyncio.shield(replica.link), _left(deadline, loop))
-                call = link.run(request, metadata=link.metadata, timeout=_left(deadline, loop))
-                async for message in call:
-                    started_results = started_results or messages.carries_result(message)
-                    yield message
-                    if messages.is_done(message):  # complete: the client need not wait for the
-                        self.stats["inline"] += 1  # worker's status to arrive here as well
-                        finished = True
-                        return
-                parked = dict(await call.trailing_metadata() or ()).get(worker_channel.PARKED_KEY)
-                if parked:  # too large for the channel: collected through Ray's object store
-                    self.stats["collected"] += 1
-                    collected = actor.stream_results.options(
-                        num_returns="streaming", _generator_backpressure_num_objects=BACKPRESSURE_OBJECTS
-                    ).remote(parked)
-                    async for message in _collect(collected, chunk_bytes, deadline):
-                        started_results = started_results or messages.carries_result(message)
+                async with contextlib.aclosing(self._attempt(run, request, chunk_bytes, deadline)) as out:
+                    async for message in out:
                         yield message
-                    finished = True
-                    return
-                raise Failure("INTERNAL", f"{where} ended a run without its summary or parked results")
-            except asyncio.TimeoutError:  # not finished: the finally below stops the worker's work
-                raise _past_deadline() from None
-            except grpc.aio.AioRpcError as e:
-                finished = True  # the call has ended; nothing to cancel
-                failure = _worker_failure(e)
-                if failure is not None:
-                    raise failure from None
-                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise _past_deadline() from None
-                if await self._alive(actor):
-                    raise Failure("UNAVAILABLE", f"lost the stream from {where}: {e.details()}") from None
-                dead: BaseException = e
-            except self._ray.exceptions.RayTaskError as e:  # a bug in the worker, not a bad request
-                finished = True
-                raise Failure("INTERNAL", f"{where} failed: {e}") from None
-            except self._ray.exceptions.RayActorError as e:
-                finished = True
-                dead = e
-            finally:
-                replica.busy -= 1
-                if not finished:  # deadline, client gone, or an error here: stop the worker's work
-                    if call is not None:
-                        call.cancel()
-                    if collected is not None:
-                        self._ray.cancel(collected)
-            await self._replace(replica, actor)
-            if attempt == 1 and not started_results:
-                logger.warning("%s died during a run; retrying once on a live replica (%s)", where, dead)
-                continue
-            when = "after results had started streaming" if started_results else "twice in a row"
-            raise Failure(
-                "UNAVAILABLE", f"{where} died {when}; the server is replacing it, send the request again"
-            )
-        raise AssertionError("unreachable")  # pragma: no cover
+                return
+            except _WorkerDied as died:
+                await self._replace(run.replica, run.actor)
+                if attempt == 1 and not run.results_started:
+                    logger.warning(
+                        "%s died during a run; retrying once on a live replica (%s)", run.where, died
+                    )
+                    continue
+                when = "after results had started streaming" if run.results_started else "twice in a row"
+                raise Failure(
+                    "UNAVAILABLE",
+                    f"{run.where} died {when}; the server is replacing it, send the request again",
+                ) from None
+
+    async def _attempt(
+        self, run: _Attempt, request: bytes, chunk_bytes: int, deadline: float
+    ) -> AsyncGenerator[bytes, None]:
+        """One try on one replica: results inline in the worker's stream, else parked on the worker
+        and collected through Ray. Raises :class:`Failure`, or :class:`_WorkerDied`."""
+        replica = run.replica
+        replica.busy += 1
+        replica.served = next(self._ticket)
+        try:
+            async with contextlib.aclosing(self._inline_results(run, request, deadline)) as inline:
+                async for message in inline:
+                    yield run.saw(message)
+            if run.ended:
+                return
+            parked = dict(await run.call.trailing_metadata() or ()).get(worker_channel.PARKED_KEY)
+            if not parked:
+                raise Failure("INTERNAL", f"{run.where} ended a run without its summary or parked results")
+            async with contextlib.aclosing(
+                self._collected_results(run, parked, chunk_bytes, deadline)
+            ) as bulk:
+                async for message in bulk:
+                    yield run.saw(message)
+        except asyncio.TimeoutError:  # not ended: the finally below stops the worker's work
+            raise _past_deadline() from None
+        except grpc.aio.AioRpcError as e:
+            run.ended = True  # the call has ended; nothing to cancel
+            raise await self._stream_broke(run, e) from None
+        except self._ray.exceptions.RayTaskError as e:  # a bug in the worker, not a bad request
+            run.ended = True
+            raise Failure("INTERNAL", f"{run.where} failed: {e}") from None
+        except self._ray.exceptions.RayActorError as e:
+            run.ended = True
+            raise _WorkerDied(e) from None
+        finally:
+            replica.busy -= 1
+            if not run.ended:  # deadline, client gone, or an error here: stop the worker's work
+                run.cancel(self._ray)
+
+    async def _inline_results(
+        self, run: _Attempt, request: bytes, deadline: float
+    ) -> AsyncGenerator[bytes, None]:
+        """The worker's own stream; ``run.ended`` once its summary came (the results were inline)."""
+        loop = asyncio.get_running_loop()
+        assert run.replica.link is not None
+        link = await asyncio.wait_for(asyncio.shield(run.replica.link), time_left(deadline, loop))
+        run.call = link.run(request, metadata=link.metadata, timeout=time_left(deadline, loop))
+        async for message in run.call:
+            yield message
+            if messages.is_done(message):  # complete: the client need not wait for the
+                self.stats["inline"] += 1  # worker's status to arrive here as well
+                run.ended = True
+                return
+
+    async def _collected_results(
+        self, run: _Attempt, parked: str, chunk_bytes: int, deadline: float
+    ) -> AsyncGenerator[bytes, None]:
+        """Results too large for the worker's stream, collected through Ray's object store."""
+        self.stats["collected"] += 1
+        run.collected = start_collection(run.actor, parked)
+        async with contextlib.aclosing(collected_messages(run.collected, chunk_bytes, deadline)) as out:
+            async for message in out:
+                yield message
+        run.ended = True
+
+    async def _stream_broke(self, run: _Attempt, e: grpc.aio.AioRpcError) -> Exception:
+        """What a broken worker stream means: the worker's own failure, the deadline, a lost
+        stream from a live worker (UNAVAILABLE), or a dead worker (:class:`_WorkerDied`)."""
+        failure = _worker_failure(e)
+        if failure is not None:
+            return failure
+        if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return _past_deadline()
+        if await self._alive(run.actor):
+            return Failure("UNAVAILABLE", f"lost the stream from {run.where}: {e.details()}")
+        return _WorkerDied(e)
 
     async def _alive(self, actor: Any) -> bool:
         """Whether ``actor`` still answers (its channel broke: a dead process, or the network)."""
@@ -288,13 +355,6 @@ class WorkerPool:
 
 def _past_deadline() -> Failure:
     return Failure("DEADLINE_EXCEEDED", "the run did not finish before its deadline")
-
-
-def _left(deadline: float, loop: asyncio.AbstractEventLoop) -> float:
-    remaining = deadline - loop.time()
-    if remaining <= 0:
-        raise asyncio.TimeoutError
-    return remaining
 
 
 def _worker_failure(e: grpc.aio.AioRpcError) -> Failure | None:
@@ -316,43 +376,3 @@ async def _close(link: asyncio.Future[WorkerLink] | None) -> None:
         return
     if not link.cancelled() and link.exception() is None:
         await link.result().channel.close()
-
-
-async def _collect(gen: Any, chunk_bytes: int, deadline: float) -> AsyncIterator[bytes]:
-    """The items of a worker's :meth:`~RayModelWorker.stream_results` as ``RunResponse`` bytes."""
-    loop = asyncio.get_running_loop()
-    # The next batch is fetched while this one's messages go out: no pause between batches.
-    batches: asyncio.Queue[list[Item] | BaseException | None] = asyncio.Queue(PREFETCH_BATCHES)
-    fetcher = asyncio.create_task(_fetch(gen, batches))
-    try:
-        while True:
-            batch = await asyncio.wait_for(batches.get(), _left(deadline, loop))
-            if batch is None:  # the stream ended
-                return
-            if isinstance(batch, BaseException):
-                raise batch
-            for item in batch:
-                if isinstance(item, Failure):
-                    raise item
-                for message in messages.item_messages(item, chunk_bytes):
-                    yield message
-    finally:
-        fetcher.cancel()
-
-
-async def _fetch(gen: Any, out: asyncio.Queue[list[Item] | BaseException | None]) -> None:
-    """Move a worker's streamed batches into ``out``; then None, or the exception that ended it."""
-    import ray
-
-    try:
-        async for ref in gen:
-            try:  # the generator has waited for the object, so it is usually here: no second await
-                batch = ray.get(ref, timeout=0)
-            except ray.exceptions.GetTimeoutError:  # still on another node: fetch without blocking
-                batch = await ref
-            await out.put(batch if isinstance(batch, list) else [batch])
-        await out.put(None)
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:  # the consumer raises it in its own frame (RayActorError -> retry, ...)
-        await out.put(e)

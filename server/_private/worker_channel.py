@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from telelens.protos import ir, worker_pb2
-from telelens.server import failures, messages
-from telelens.server.failures import Failure
+from telelens.server._private import failures, messages
+from telelens.server._private.failures import Failure
 
 if TYPE_CHECKING:
-    from telelens.server.worker import ModelWorker, WireResult
+    from telelens.server._private.results import WireResult
+    from telelens.server._private.worker import ModelWorker
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,7 +63,7 @@ class ParkedRun:
 
 
 class WorkerChannel:
-    """Serves ``telelens.v1.Worker`` for one :class:`~telelens.server.worker.ModelWorker`."""
+    """Serves ``telelens.v1.Worker`` for one :class:`~telelens.server._private.worker.ModelWorker`."""
 
     def __init__(self, worker: ModelWorker, host: str) -> None:
         self.worker = worker

@@ -2,18 +2,15 @@
 
 A refused graph is either *invalid* (INVALID_ARGUMENT, with the structured ``GraphError``s)
 or merely *too big* for the caller's limits (RESOURCE_EXHAUSTED). Which one is decided by
-checking the graph again under limits that cannot be exceeded: if it passes then, only the
-limits stood in the way. Reasons are never parsed.
+checking the graph again under limits that cannot be exceeded (``ir.Limits.unbounded``): if it
+passes then, only the limits stood in the way. Reasons are never parsed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from telelens.protos import codec, ir
-
-_UNBOUNDED = 1 << 62
 
 
 class Failure(Exception):
@@ -36,23 +33,11 @@ def trailing_metadata(failure: Failure) -> tuple[tuple[str, bytes], ...]:
     return ((codec.GRAPH_ERRORS_KEY, codec.errors_to_proto(failure.errors).SerializeToString()),)
 
 
-def unbounded(limits: ir.Limits) -> ir.Limits:
-    """``limits`` with every size ceiling lifted (``allow_code`` kept: it is a permission, not a size)."""
-    return dataclasses.replace(
-        limits,
-        max_nodes=_UNBOUNDED,
-        max_tokens=_UNBOUNDED,
-        max_constant_bytes=_UNBOUNDED,
-        max_result_bytes=_UNBOUNDED,
-        max_sweep_cells=_UNBOUNDED,
-    )
-
-
 def refused(
     error: ir.GraphValidationError, recheck: Callable[[ir.Limits], list[ir.GraphError]], limits: ir.Limits
 ) -> Failure:
     """The failure for a graph refused under ``limits``; ``recheck(l)`` lists its errors under ``l``."""
-    remaining = recheck(unbounded(limits))
+    remaining = recheck(limits.unbounded())
     if not remaining:
         return Failure(
             "RESOURCE_EXHAUSTED", _summary("the graph exceeds this key's limits", error.errors), error.errors

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from telelens.protos import service_pb2, tensor_pb2
-from telelens.server.worker import Chunk, Done, Header, Progress
+from telelens.server._private.results import Done, Header, Progress, ResultPiece
 
 # The first byte of a serialized RunResponse is the tag of its one set `item` field
 # (field number << 3 | 2 for a length-delimited submessage).
@@ -60,9 +60,9 @@ def batch(responses: Iterable[bytes]) -> bytes:
     return b"".join((bytes((_BATCH_TAG,)), _varint(len(items)), items))
 
 
-def item_messages(item: Progress | Header | Chunk | Done, chunk_bytes: int) -> Iterator[bytes]:
+def item_messages(item: Progress | Header | ResultPiece | Done, chunk_bytes: int) -> Iterator[bytes]:
     """``item`` as serialized ``RunResponse`` s: one, or a chunk cut into ``chunk_bytes`` pieces."""
-    if isinstance(item, Chunk):
+    if isinstance(item, ResultPiece):
         view = memoryview(item.data)
         for start in range(0, len(view), chunk_bytes):
             yield encode_chunk(item.name, item.offset + start, view[start : start + chunk_bytes])

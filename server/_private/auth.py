@@ -19,7 +19,6 @@ The file is re-read when it changes, so keys can be added without a restart.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
@@ -32,7 +31,8 @@ from typing import Any
 
 import grpc
 
-from telelens.server.config import ConfigError, LimitsConfig, field_types, parse_field
+from telelens.server._private.config_parsing import parse_field
+from telelens.server.config import ConfigError, LimitsConfig
 
 METADATA_KEY = "authorization"
 PROTECTED_PREFIX = "/telelens.v1."
@@ -60,7 +60,7 @@ class ApiKey:
     allow_code: bool = False
     priority: int = 0
     limits: dict[str, Any] = field(default_factory=dict)
-    """Overrides of :class:`~telelens.server.config.LimitsConfig` fields."""
+    """Overrides of :class:`~telelens.server.config.LimitsConfig` keys (its flat form)."""
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -214,13 +214,12 @@ def _parse_limits(data: Any, where: str, problems: list[tuple[str, str]]) -> dic
     if not isinstance(data, dict):
         problems.append((where, "expected a mapping of limit overrides"))
         return {}
-    hints = field_types(LimitsConfig)
-    fields = [f.name for f in dataclasses.fields(LimitsConfig)]
+    hints = LimitsConfig.flat_types()
     before = len(problems)
     out = {}
     for k, v in data.items():
-        if k not in fields:
-            problems.append((f"{where}.{k}", f"unknown limit (expected one of {', '.join(fields)})"))
+        if k not in hints:
+            problems.append((f"{where}.{k}", f"unknown limit (expected one of {', '.join(hints)})"))
             continue
         out[k] = parse_field(hints[k], k, v, f"{where}.{k}", problems)
     if len(problems) == before:
