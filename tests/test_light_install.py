@@ -127,7 +127,7 @@ def test_client_runs_with_cache_against_a_server_without_core_packages(
 
     from telelens.core.hooked_transformer import HookedTransformer
 
-    local = HookedTransformer.from_pretrained_no_processing(str(tiny_folder), device="cpu").eval()
+    local = HookedTransformer.from_pretrained(str(tiny_folder), device="cpu").eval()  # what serve serves
     logits, cache = local.run_with_cache(PROMPT, names_filter=HOOK)
     torch.testing.assert_close(got["logits"], logits)
     torch.testing.assert_close(got["resid"], cache[HOOK])
