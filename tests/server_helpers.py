@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import torch
 
-from telelens.protos import codec, ir, service_pb2, service_pb2_grpc, tensor_pb2
+from telelens.protos import codec, ir, service_pb2, service_pb2_grpc
 from telelens.protos.torch_tensors import tensor_data_to_torch
 
 WORDS = ["<|endoftext|>", "[UNK]"] + [f"w{i}" for i in range(95)]
@@ -73,9 +73,6 @@ def stub_for(address: str, max_message: int = 64 << 20) -> tuple[grpc.Channel, s
     return channel, service_pb2_grpc.TelelensStub(channel)
 
 
-_DTYPE_NAMES = {tensor_pb2.DType.Value("DTYPE_" + d.upper()): d for d in ir.DTYPES}
-
-
 @dataclass
 class RunOutcome:
     """What one streamed Run brought back, reassembled on the client."""
@@ -90,7 +87,7 @@ class RunOutcome:
 
     def tensor(self, name: str) -> torch.Tensor:
         h = self.headers[name]
-        td = ir.TensorData(_DTYPE_NAMES[h.dtype], tuple(h.shape), bytes(self.raw[name]))
+        td = ir.TensorData(codec.WIRE_DTYPES[h.dtype], tuple(h.shape), bytes(self.raw[name]))
         return tensor_data_to_torch(td)
 
     @property
