@@ -23,7 +23,9 @@ PARALLEL: dict[str, Any] = dict(parallel_attn_mlp=True, positional_embedding_typ
 
 def make_model(**overrides: Any) -> HookedTransformer:
     # A large init so every patch moves the metric (the default 0.02 leaves attention ~uniform).
-    kwargs = dict(n_layers=N_LAYERS, d_model=16, n_ctx=16, d_head=4, n_heads=N_HEADS, d_mlp=32, d_vocab=VOCAB)
+    kwargs: dict[str, Any] = dict(
+        n_layers=N_LAYERS, d_model=16, n_ctx=16, d_head=4, n_heads=N_HEADS, d_mlp=32, d_vocab=VOCAB
+    )
     kwargs.update(act_fn="gelu", initializer_range=0.4, seed=0)
     return HookedTransformer(HookedTransformerConfig(**{**kwargs, **overrides})).eval()
 

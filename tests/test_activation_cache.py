@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ ARCHS: dict[str, dict] = {
 
 def build(seed: int = 0, **kw: object) -> HookedTransformer:
     """A float64 model with random (not identity) norm weights and biases."""
-    cfg = dict(
+    cfg: dict[str, Any] = dict(
         n_layers=N_LAYERS, d_model=D_MODEL, n_ctx=32, d_head=4, n_heads=N_HEADS, d_vocab=D_VOCAB, d_mlp=D_MLP
     )
     cfg.update(seed=seed, dtype=DT, **kw)
@@ -78,7 +79,7 @@ def ln_run() -> tuple[HookedTransformer, torch.Tensor, torch.Tensor, ActivationC
 def test_key_forms_equal_full_names(run: tuple) -> None:
     _, _, _, cache = run
     assert isinstance(cache, ActivationCache)
-    forms = {
+    forms: dict[Any, str] = {
         ("pattern", 2): "blocks.2.attn.hook_pattern",
         ("attn", 1): "blocks.1.attn.hook_pattern",
         ("resid_pre", 0): "blocks.0.hook_resid_pre",

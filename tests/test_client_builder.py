@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -595,7 +596,7 @@ def test_run_with_hooks_graph():
 
 
 # ---------------------------------------------------------------------------------------- ops, locally
-ARCHS = {
+ARCHS: dict[str, dict[str, Any]] = {
     "gpt2": dict(act_fn="gelu_new"),
     "llama_gqa": dict(
         positional_embedding_type="rotary", normalization_type="RMS", gated_mlp=True, act_fn="silu",

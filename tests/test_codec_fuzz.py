@@ -120,7 +120,7 @@ def graphs(draw) -> ir.Graph:
         if kind == "tensor":
             node = tensor_op(draw, nid, values)
         elif kind == "run":
-            if values and draw(st.booleans()):
+            if ref is not None and draw(st.booleans()):
                 mask = draw(st.none() | ref)
                 node = ir.Run(
                     nid, tokens=draw(ref), prepend_bos=draw(st.none() | st.booleans()), attention_mask=mask

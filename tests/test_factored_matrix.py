@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -102,7 +104,9 @@ def test_matmul_matrix(mdim: int) -> None:
     assert out.mdim == min(mdim, 4)
     close(out.AB, fm.AB @ M)
     batched_M = rand(3, 4, 7, seed=6)
-    close((fm @ batched_M).AB, fm.AB @ batched_M)
+    batched = fm @ batched_M
+    assert isinstance(batched, FactoredMatrix)
+    close(batched.AB, fm.AB @ batched_M)
     with pytest.raises(AssertionError):
         _ = fm @ rand(5, 7)
 
@@ -235,7 +239,8 @@ def test_collapse() -> None:
 def test_getitem_leading_dims() -> None:
     fm = factored((2, 3), 5, 4, 6)
     AB = fm.AB
-    for idx in [1, -1, slice(0, 1), (1, 2), (0, slice(1, 3)), (torch.tensor([1, 0]),)]:
+    idxs: list[Any] = [1, -1, slice(0, 1), (1, 2), (0, slice(1, 3)), (torch.tensor([1, 0]),)]
+    for idx in idxs:
         sub = fm[idx]
         assert isinstance(sub, FactoredMatrix)
         close(sub.AB, AB[idx])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -14,7 +16,9 @@ N_LAYERS, N_HEADS, POS = 2, 4, 4
 
 def make_model(**overrides) -> HookedTransformer:
     # A large init so every patch moves the metric (the default 0.02 leaves attention ~uniform).
-    kwargs = dict(n_layers=N_LAYERS, d_model=16, n_ctx=16, d_head=4, n_heads=N_HEADS, d_mlp=32, d_vocab=50)
+    kwargs: dict[str, Any] = dict(
+        n_layers=N_LAYERS, d_model=16, n_ctx=16, d_head=4, n_heads=N_HEADS, d_mlp=32, d_vocab=50
+    )
     kwargs.update(act_fn="gelu", initializer_range=0.4, seed=0)
     cfg = HookedTransformerConfig(**{**kwargs, **overrides})
     return HookedTransformer(cfg).eval()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import grpc
@@ -36,7 +37,7 @@ from telelens.server.config import ServeConfig
 
 pytestmark = pytest.mark.timeout(300)
 
-KEYS = {
+KEYS: dict[str, dict[str, Any]] = {
     "full": dict(allow_code=True),
     "nocode": dict(models=["tiny"]),
     "other": dict(models=["some-other-model"]),
@@ -297,6 +298,7 @@ def test_run_equals_local_execution(stub, key, local, name: str) -> None:
         assert torch.equal(got, expected), result
     assert out.order[0] == "progress" and out.order[-1] == "done"
     assert out.progress[-1][0] == out.progress[-1][1] > 0
+    assert out.summary is not None
     assert out.summary.result_bytes == sum(h.nbytes for h in out.headers.values())
     assert out.summary.worker.startswith("tiny/0@")
 
@@ -357,7 +359,7 @@ def _replica(server):
     return replica
 
 
-def _wait_busy(server, timeout: float = 20) -> object:
+def _wait_busy(server, timeout: float = 20) -> Any:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         replica = _replica(server)

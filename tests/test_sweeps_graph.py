@@ -6,6 +6,8 @@ evaluated on the worker) and run through ``LocalBackend``, as a remote model wou
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -33,7 +35,9 @@ GQA = dict(
 
 
 def make_model(**overrides) -> HookedTransformer:
-    kwargs = dict(n_layers=N_LAYERS, d_model=16, n_ctx=16, d_head=4, n_heads=N_HEADS, d_mlp=32, d_vocab=VOCAB)
+    kwargs: dict[str, Any] = dict(
+        n_layers=N_LAYERS, d_model=16, n_ctx=16, d_head=4, n_heads=N_HEADS, d_mlp=32, d_vocab=VOCAB
+    )
     kwargs.update(act_fn="gelu", initializer_range=0.4, seed=0)
     return HookedTransformer(HookedTransformerConfig(**{**kwargs, **overrides})).eval()
 

@@ -54,4 +54,5 @@ class Norm(nn.Module):
             return x
         if self.is_rms:
             return x.to(in_dtype) * self.w
+        assert self.b is not None  # LN, the only affine kind with a bias
         return x * self.w + self.b

@@ -22,6 +22,7 @@ class Rotary(nn.Module):
         self.rotary_dim = dim
         self.adjacent_pairs = cfg.rotary_adjacent_pairs
         inv_freq = 1.0 / (cfg.rotary_base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.attention_scaling = 1.0
 

@@ -8,7 +8,7 @@ shape inference cannot drift from execution.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -72,16 +72,17 @@ def _binary(
         a = torch.tensor(a, device=device)
     if isinstance(a, torch.Tensor):
         b = _same_device(a, b)
+    # One operand is a tensor by now, so each result is a tensor (mypy cannot follow that).
     if op == "add":
-        return a + b
+        return cast(torch.Tensor, a + b)
     if op == "sub":
-        return a - b
+        return cast(torch.Tensor, a - b)
     if op == "mul":
-        return a * b
+        return cast(torch.Tensor, a * b)
     if op == "div":
-        return a / b
+        return cast(torch.Tensor, a / b)
     if op == "pow":
-        return a**b
+        return cast(torch.Tensor, a**b)
     if op == "matmul":
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
             raise ValueError("matmul needs two tensors, not a number")

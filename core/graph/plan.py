@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from telelens.core.graph.refs import metric_outer_refs, value_refs
 from telelens.core.graph.sweep import SweepGeometry
@@ -37,7 +37,7 @@ class Capture:
     layer: int
 
 
-HookOp = ir.Read | ir.Write | ir.CodeHook | Capture
+HookOp: TypeAlias = "ir.Read | ir.Write | ir.CodeHook | Capture"
 
 
 @dataclass

@@ -265,7 +265,8 @@ class _ModelChecker:
 
     def _tokenize(self, node: ir.Run) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         if self.model.tokenizer is None:
-            return self.err(node.id, "text", "this model has no tokenizer: send token ids instead of text")
+            self.err(node.id, "text", "this model has no tokenizer: send token ids instead of text")
+            return None
         texts = list(node.text)
         kw: dict[str, Any] = dict(prepend_bos=node.prepend_bos, padding_side="right", move_to_device=False)
         try:
@@ -276,7 +277,8 @@ class _ModelChecker:
                 if min(lengths) != tokens.shape[1]:  # padded: the model must not attend to the padding
                     mask = (torch.arange(tokens.shape[1])[None] < torch.tensor(lengths)[:, None]).long()
         except Exception as e:
-            return self.err(node.id, "text", f"could not tokenize: {short_reason(e)}")
+            self.err(node.id, "text", f"could not tokenize: {short_reason(e)}")
+            return None
         return tokens, mask
 
     def _activation(self, node: ir.Node, run: int, hook: str) -> torch.Tensor | None:
@@ -331,7 +333,8 @@ class _ModelChecker:
         try:
             return check_index(shape, items, scope.get_meta, scope.constant, fld)
         except BadIndex as e:
-            return self.err(node_id, e.field, e.reason)
+            self.err(node_id, e.field, e.reason)
+            return None
 
     # ------------------------------------------------------------------ sweeps
     def _sweep(self, node: ir.Sweep, scope: _MetaScope) -> None:

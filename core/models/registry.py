@@ -68,7 +68,7 @@ def architecture_name(hf_config: Any) -> str | None:
         return str(names[0])
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(hf_config, "model_type", None))
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(str(getattr(hf_config, "model_type", "")))
 
 
 def get_adapter(hf_config: Any) -> ArchitectureAdapter:
