@@ -13,42 +13,39 @@ from collections.abc import Callable
 import torch
 
 
-def tl_gpt2(hf: torch.nn.Module, n_ctx: int) -> object:
-    """TransformerLens's HookedTransformer over a GPT-2-small-shaped HF model's weights."""
+def _tl_model(hf: torch.nn.Module, convert: str, **cfg: object) -> object:
+    """A TransformerLens model of config ``cfg`` holding ``hf``'s weights, unprocessed."""
     from transformer_lens import HookedTransformer as TLModel
     from transformer_lens import HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+    from transformer_lens.pretrained import weight_conversions
 
-    cfg = HookedTransformerConfig(
-        n_layers=12, d_model=768, d_head=64, n_heads=12, d_mlp=3072, d_vocab=50257, n_ctx=n_ctx,
-        act_fn="gelu_new", normalization_type="LN", original_architecture="GPT2LMHeadModel",
-    )  # fmt: skip
-    model = TLModel(cfg)
+    config = HookedTransformerConfig(**cfg)
+    model = TLModel(config)
     model.load_and_process_state_dict(
-        convert_gpt2_weights(hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
-        fold_value_biases=False,
+        getattr(weight_conversions, convert)(hf, config), fold_ln=False, center_writing_weights=False,
+        center_unembed=False, fold_value_biases=False,
     )  # fmt: skip
     return model.eval()
 
 
+def tl_gpt2(hf: torch.nn.Module, n_ctx: int) -> object:
+    """TransformerLens's HookedTransformer over a GPT-2-small-shaped HF model's weights."""
+    return _tl_model(
+        hf, "convert_gpt2_weights",
+        n_layers=12, d_model=768, d_head=64, n_heads=12, d_mlp=3072, d_vocab=50257, n_ctx=n_ctx,
+        act_fn="gelu_new", normalization_type="LN", original_architecture="GPT2LMHeadModel",
+    )  # fmt: skip
+
+
 def tl_smollm2(hf: torch.nn.Module, n_ctx: int) -> object:
     """TransformerLens's HookedTransformer over SmolLM2-135M's HF weights."""
-    from transformer_lens import HookedTransformer as TLModel
-    from transformer_lens import HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_llama_weights
-
-    cfg = HookedTransformerConfig(
+    return _tl_model(
+        hf, "convert_llama_weights",
         n_layers=30, d_model=576, d_head=64, n_heads=9, n_key_value_heads=3, d_mlp=1536, d_vocab=49152,
         n_ctx=n_ctx, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
         rotary_base=100000, rotary_dim=64, gated_mlp=True, final_rms=True, eps=1e-5,
         original_architecture="LlamaForCausalLM",
     )  # fmt: skip
-    model = TLModel(cfg)
-    model.load_and_process_state_dict(
-        convert_llama_weights(hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
-        fold_value_biases=False,
-    )  # fmt: skip
-    return model.eval()
 
 
 def time_round_robin(
