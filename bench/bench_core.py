@@ -21,12 +21,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from bench_common import time_round_robin, tl_gpt2, tl_smollm2
 
 from telelens import HookedTransformer
 
@@ -42,20 +42,7 @@ def gpt2_models(tmp: Path) -> tuple[torch.nn.Module, HookedTransformer, Callable
     ours = HookedTransformer.from_pretrained_no_processing(str(tmp / "gpt2"))
 
     def tl() -> object:
-        from transformer_lens import HookedTransformer as TLModel
-        from transformer_lens import HookedTransformerConfig
-        from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-
-        cfg = HookedTransformerConfig(
-            n_layers=12, d_model=768, d_head=64, n_heads=12, d_mlp=3072, d_vocab=50257, n_ctx=SEQ,
-            act_fn="gelu_new", normalization_type="LN", original_architecture="GPT2LMHeadModel",
-        )  # fmt: skip
-        model = TLModel(cfg)
-        model.load_and_process_state_dict(
-            convert_gpt2_weights(hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
-            fold_value_biases=False,
-        )  # fmt: skip
-        return model.eval()
+        return tl_gpt2(hf, n_ctx=SEQ)
 
     return hf, ours, tl
 
@@ -74,39 +61,9 @@ def smollm2_models(tmp: Path) -> tuple[torch.nn.Module, HookedTransformer, Calla
     ours = HookedTransformer.from_pretrained_no_processing("smollm2-135m")
 
     def tl() -> object:
-        from transformer_lens import HookedTransformer as TLModel
-        from transformer_lens import HookedTransformerConfig
-        from transformer_lens.pretrained.weight_conversions import convert_llama_weights
-
-        cfg = HookedTransformerConfig(
-            n_layers=30, d_model=576, d_head=64, n_heads=9, n_key_value_heads=3, d_mlp=1536, d_vocab=49152,
-            n_ctx=SEQ, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-            rotary_base=100000, rotary_dim=64, gated_mlp=True, final_rms=True, eps=1e-5,
-            original_architecture="LlamaForCausalLM",
-        )  # fmt: skip
-        model = TLModel(cfg)
-        model.load_and_process_state_dict(
-            convert_llama_weights(hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
-            fold_value_biases=False,
-        )  # fmt: skip
-        return model.eval()
+        return tl_smollm2(hf, n_ctx=SEQ)
 
     return hf, ours, tl
-
-
-def time_round_robin(
-    variants: dict[str, Callable[[], object]], reps: int, warmup: int = 2
-) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for i in range(warmup + reps):
-        for name, fn in variants.items():
-            gc.collect()
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-            if i >= warmup:
-                times[name].append(dt)
-    return times
 
 
 def bench_model(
@@ -148,7 +105,7 @@ def bench_model(
     else:
         print("   (TransformerLens not installed here: run bench/setup_env.sh and use bench/.venv)")
     with torch.inference_mode():
-        times = time_round_robin(variants, reps)
+        times = time_round_robin(variants, reps, warmup=2)
     base = min(times["HF forward"])
     print(f"   {'variant':28s} {'min ms':>9s} {'median ms':>10s} {'min / HF':>9s}")
     for name, ts in times.items():

@@ -27,11 +27,11 @@ import importlib.util
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_common import time_round_robin, tl_gpt2, tl_smollm2
 
 from telelens import HookedTransformer
 from telelens.core import patching
@@ -48,20 +48,7 @@ def gpt2_models(tmp: Path) -> tuple[HookedTransformer, Callable[[], object] | No
     ours = HookedTransformer.from_pretrained_no_processing(str(tmp / "gpt2"))
 
     def tl() -> object:
-        from transformer_lens import HookedTransformer as TLModel
-        from transformer_lens import HookedTransformerConfig
-        from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-
-        cfg = HookedTransformerConfig(
-            n_layers=12, d_model=768, d_head=64, n_heads=12, d_mlp=3072, d_vocab=50257, n_ctx=32,
-            act_fn="gelu_new", normalization_type="LN", original_architecture="GPT2LMHeadModel",
-        )  # fmt: skip
-        model = TLModel(cfg)
-        model.load_and_process_state_dict(
-            convert_gpt2_weights(hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
-            fold_value_biases=False,
-        )  # fmt: skip
-        return model.eval()
+        return tl_gpt2(hf, n_ctx=32)
 
     gen = torch.Generator().manual_seed(0)
     clean = torch.randint(0, 50257, (1, GPT2_POS), generator=gen)
@@ -82,25 +69,10 @@ def smollm2_models(tmp: Path) -> tuple[HookedTransformer, Callable[[], object] |
     ours = HookedTransformer.from_pretrained_no_processing("smollm2-135m")
 
     def tl() -> object:
-        from transformer_lens import HookedTransformer as TLModel
-        from transformer_lens import HookedTransformerConfig
-        from transformer_lens.pretrained.weight_conversions import convert_llama_weights
-
         hf = AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=torch.float32
         ).eval()
-        cfg = HookedTransformerConfig(
-            n_layers=30, d_model=576, d_head=64, n_heads=9, n_key_value_heads=3, d_mlp=1536, d_vocab=49152,
-            n_ctx=32, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-            rotary_base=100000, rotary_dim=64, gated_mlp=True, final_rms=True, eps=1e-5,
-            original_architecture="LlamaForCausalLM",
-        )  # fmt: skip
-        model = TLModel(cfg)
-        model.load_and_process_state_dict(
-            convert_llama_weights(hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
-            fold_value_biases=False,
-        )  # fmt: skip
-        return model.eval()
+        return tl_smollm2(hf, n_ctx=32)
 
     prompts = {
         "clean": ours.to_tokens("The Eiffel Tower is in the city of"),
@@ -108,17 +80,6 @@ def smollm2_models(tmp: Path) -> tuple[HookedTransformer, Callable[[], object] |
         "answers": (ours.to_single_token(" Paris"), ours.to_single_token(" Rome")),
     }
     return ours, tl, prompts
-
-
-def time_round_robin(variants: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            gc.collect()
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def bench_model(label: str, ours: HookedTransformer, tl_factory: Callable[[], object] | None, prompts: dict,

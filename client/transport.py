@@ -11,189 +11,65 @@
 - ``Run`` results are assembled by :mod:`telelens.client.results` straight into their final
   buffers; ``bytes_received`` counts the chunk payload bytes this transport has received.
 
+The channel set-up is in :mod:`telelens.client.channel`, the error mapping in
+:mod:`telelens.client.rpc_errors`, the reading of a Run stream in :mod:`telelens.client.run_stream`;
+this module holds the calls, their deadlines and retries.
+
 Nothing the server sends is unpickled: results are raw tensors checked against their headers.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import grpc.experimental
 
 from telelens.client import errors
+from telelens.client.channel import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_PORT,
+    RetryPolicy,
+    channel_credentials,
+    is_loopback,
+    open_channel,
+    parse_target,
+)
 from telelens.client.progress import TRANSFER_THRESHOLD, CallProgress
-from telelens.client.results import Chunk, Malformed, ResultAssembler, parse_run_response, response_item
+from telelens.client.results import ResultAssembler, parse_run_response
+from telelens.client.rpc_errors import map_rpc_error
+from telelens.client.run_stream import RunStats, StreamFailed, read_run_stream
 from telelens.protos import codec, graph_pb2, ir, service_pb2
 
 if TYPE_CHECKING:
     import torch
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_PORT",
+    "INFO_TIMEOUT",
+    "MIN_SERVER_PROTOCOL_VERSION",
+    "PROTOCOL_VERSION",
+    "RetryPolicy",
+    "RunStats",
+    "Transport",
+    "channel_credentials",
+    "map_rpc_error",
+    "parse_target",
+]
 
 PROTOCOL_VERSION = ir.GRAPH_VERSION
 """The protocol this client speaks (sent in the handshake): the service protocol is the graph's."""
 MIN_SERVER_PROTOCOL_VERSION = 1
 """The oldest server protocol this client can use."""
-DEFAULT_PORT = 50051
-DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
-"""Largest single message either way (ModelInfo carries the tokenizer; chunks are ~1 MiB)."""
 INFO_TIMEOUT = 30.0
 """Deadline (s) of the small calls (handshake, model list, model info) when none is given."""
 
 _SERVICE = "/telelens.v1.Telelens/"
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff for UNAVAILABLE: ``attempts`` tries in all, waits ``initial`` * 2^k (capped)."""
-
-    attempts: int = 5
-    initial_backoff: float = 0.1
-    max_backoff: float = 2.0
-    multiplier: float = 2.0
-
-    def delays(self) -> list[float]:
-        """The waits between attempts (``attempts - 1`` of them)."""
-        out, d = [], self.initial_backoff
-        for _ in range(max(self.attempts - 1, 0)):
-            out.append(min(d, self.max_backoff))
-            d *= self.multiplier
-        return out
-
-
-@dataclass
-class RunStats:
-    """What one ``Run`` moved and how long it took (seconds are wall-clock on this client)."""
-
-    results: int = 0
-    result_bytes: int = 0
-    chunk_bytes: int = 0
-    chunks: int = 0
-    attempts: int = 0
-    seconds: float = 0.0
-    """From sending the request to the end of the stream."""
-    first_result_s: float | None = None
-    """From sending the request to the first result header (compute + queueing)."""
-    transfer_s: float = 0.0
-    """From the first result header to the end of the stream."""
-    compute_seconds: float | None = None
-    """The server's own measure, from its summary."""
-    worker: str = ""
-    progress: list[tuple[int, int, str]] = field(default_factory=list)
-    """Every Progress message (done, total, stage)."""
-
-
-def parse_target(url: str) -> tuple[str, bool]:
-    """``grpc://host:port`` -> ("host:port", tls=False); ``grpcs://`` -> tls=True; bare ``host:port`` too."""
-    if not isinstance(url, str) or not url:
-        raise ValueError(f"expected a server address like 'grpc://host:50051', got {url!r}")
-    tls = False
-    for scheme, secure in (("grpc://", False), ("grpcs://", True), ("https://", True), ("http://", False)):
-        if url.startswith(scheme):
-            url, tls = url[len(scheme) :], secure
-            break
-    else:
-        if "://" in url:
-            raise ValueError(f"unsupported scheme in {url!r}: use grpc:// or grpcs://")
-    url = url.rstrip("/")
-    if not url:
-        raise ValueError("the server address has no host")
-    host_has_port = url.rsplit(":", 1)[-1].isdigit() and not url.endswith("]")
-    if not host_has_port:
-        url = f"{url}:{DEFAULT_PORT}"
-    return url, tls
-
-
-def _is_loopback(target: str) -> bool:
-    host = target.rsplit(":", 1)[0].strip("[]")
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def channel_credentials(tls: Any) -> grpc.ChannelCredentials | None:
-    """``tls``: False/None (plaintext), True (system roots), a CA bundle path or PEM bytes, or credentials."""
-    if tls is None or tls is False:
-        return None
-    if tls is True:
-        return grpc.ssl_channel_credentials()
-    if isinstance(tls, grpc.ChannelCredentials):
-        return tls
-    if isinstance(tls, (str, Path)):
-        return grpc.ssl_channel_credentials(root_certificates=Path(tls).read_bytes())
-    if isinstance(tls, bytes):
-        return grpc.ssl_channel_credentials(root_certificates=tls)
-    raise TypeError(
-        f"tls must be a bool, a CA bundle path, PEM bytes or grpc.ChannelCredentials, got {tls!r}"
-    )
-
-
-# ---------------------------------------------------------------------------------------- errors
-_NAMED: dict[grpc.StatusCode, type[errors.RemoteError]] = {
-    grpc.StatusCode.UNAVAILABLE: errors.ServerUnavailableError,
-    grpc.StatusCode.UNAUTHENTICATED: errors.AuthenticationError,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDeniedError,
-    grpc.StatusCode.NOT_FOUND: errors.ModelNotFoundError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhaustedError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: errors.RemoteTimeoutError,
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidRequestError,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.InvalidRequestError,
-    grpc.StatusCode.OUT_OF_RANGE: errors.InvalidRequestError,
-    grpc.StatusCode.CANCELLED: errors.RemoteCancelledError,
-}
-
-
-def _graph_errors(call: Any) -> list[ir.GraphError] | None:
-    try:
-        metadata = call.trailing_metadata() or ()
-    except Exception:
-        return None
-    for key, value in metadata:
-        if key == codec.GRAPH_ERRORS_KEY:
-            try:
-                return codec.errors_from_proto(value if isinstance(value, bytes) else value.encode())
-            except Exception:
-                logger.warning("telelens: undecodable %s metadata from the server", codec.GRAPH_ERRORS_KEY)
-                return None
-    return None
-
-
-def map_rpc_error(e: grpc.RpcError, target: str = "", attempts: int = 1, waited: float = 0.0) -> Exception:
-    """The Python exception for a failed call (``ir.GraphValidationError`` for a refused graph).
-
-    Structured graph errors sent with another code (a graph over the key's limits is
-    RESOURCE_EXHAUSTED) are kept on the exception as ``graph_errors``.
-    """
-    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-    details = (e.details() if hasattr(e, "details") else None) or str(e)
-    graph_errors = _graph_errors(e)
-    if code == grpc.StatusCode.INVALID_ARGUMENT and graph_errors:
-        return ir.GraphValidationError(graph_errors)
-    cls = _NAMED.get(code, errors.ServerError)
-    where = f"telelens server {target}" if target else "telelens server"
-    if code == grpc.StatusCode.UNAVAILABLE:
-        message = f"{where} is unavailable after {attempts} attempt(s) over {waited:.1f} s: {details}"
-    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        message = f"{where}: the call ran past its deadline (pass a larger timeout=): {details}"
-    else:
-        message = f"{where}: {details}"
-    error = cls(message, code=code.name if code is not None else None)
-    error.graph_errors = graph_errors or []
-    return error
-
-
-# ---------------------------------------------------------------------------------------- transport
 class Transport:
     """A connection to one telelens server.
 
@@ -218,8 +94,6 @@ class Transport:
         progress: bool = True,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        from telelens import __version__
-
         self.target, scheme_tls = parse_target(target)
         tls = scheme_tls if tls is None else tls
         self.tls = tls not in (None, False)
@@ -239,30 +113,18 @@ class Transport:
         self.last_run: RunStats | None = None
         self._metadata: tuple[tuple[str, str], ...] = ()
         if api_key:
-            if not self.tls and not _is_loopback(self.target):
+            if not self.tls and not is_loopback(self.target):
                 warnings.warn(
                     f"sending an API key to {self.target} without TLS: use grpcs:// or tls=",
                     stacklevel=3,
                 )
             self._metadata = (("authorization", f"Bearer {api_key}"),)
-        channel_options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.primary_user_agent", f"telelens-client/{__version__}"),
-            # Reconnect quickly, so that our own bounded retries meet a fresh attempt each time.
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", int(self.retry.max_backoff * 1000)),
-            # Read Run's stream on the calling thread instead of handing every message over
-            # from gRPC's channel thread (about 0.5-1 ms less per small request).
-            (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
-            *options,
-        ]
-        creds = channel_credentials(tls)
-        self.channel = (
-            grpc.secure_channel(self.target, creds, options=channel_options)
-            if creds is not None
-            else grpc.insecure_channel(self.target, options=channel_options)
+        self.channel = open_channel(
+            self.target,
+            tls,
+            max_message_bytes=max_message_bytes,
+            max_backoff=self.retry.max_backoff,
+            options=options,
         )
         unary = self.channel.unary_unary
         self._handshake = unary(
@@ -394,7 +256,7 @@ class Transport:
             )
             try:
                 return self._stream(request, deadline, stats, bars, start)
-            except _StreamFailed as failed:
+            except StreamFailed as failed:
                 e = failed.error
                 if not failed.received_results and self._should_retry(e, attempt, delays, deadline):
                     time.sleep(delays[attempt])
@@ -413,57 +275,4 @@ class Transport:
 
         assembler = ResultAssembler(self.max_result_bytes, on_bytes)
         call = self._run(request, timeout=self._remaining(deadline), metadata=self._metadata)
-        finished = False
-        first_result = None
-
-        def receive(item: service_pb2.RunResponse | Chunk) -> None:
-            nonlocal first_result
-            if isinstance(item, Chunk):
-                assembler.chunk(item)
-                return
-            kind = item.WhichOneof("item")
-            if kind == "header":
-                if first_result is None:
-                    first_result = time.monotonic()
-                    stats.first_result_s = first_result - start
-                bars.announce(assembler.header(item.header))
-            elif kind == "progress":
-                p = item.progress
-                stats.progress.append((p.done, p.total, p.stage))
-                bars.server(p.done, p.total, p.stage)
-            elif kind == "done":
-                stats.compute_seconds = item.done.compute_seconds
-                stats.worker = item.done.worker
-            elif kind == "batch":
-                for inner in item.batch.items:
-                    receive(response_item(inner))
-            # an unknown item (a newer server): ignored, fields are only ever added
-
-        try:
-            try:
-                for item in call:
-                    if isinstance(item, Malformed):
-                        raise errors.ProtocolError(item.reason)
-                    receive(item)
-            except grpc.RpcError as e:
-                raise _StreamFailed(e, received_results=first_result is not None) from None
-            results = assembler.finish()
-            finished = True
-        finally:
-            if not finished:
-                call.cancel()  # stop the server's work and free the stream
-        end = time.monotonic()
-        a = assembler.stats
-        stats.results, stats.result_bytes, stats.chunk_bytes, stats.chunks = (
-            a.results, a.result_bytes, a.chunk_bytes, a.chunks,
-        )  # fmt: skip
-        stats.seconds = end - start
-        stats.transfer_s = end - first_result if first_result is not None else 0.0
-        return results
-
-
-class _StreamFailed(Exception):
-    def __init__(self, error: grpc.RpcError, received_results: bool) -> None:
-        super().__init__(error)
-        self.error = error
-        self.received_results = received_results
+        return read_run_stream(call, assembler, stats, bars, start)
