@@ -1,12 +1,12 @@
 """The golden wire graph: every node type, index item, op, mode, dtype and sweep axis.
 
 ``graph_v1.bin`` next to this file is ``graph_to_bytes(build_graph())`` as first written. It
-guards wire compatibility: ``tests/test_codec.py`` decodes the committed bytes and compares
+guards wire compatibility: ``tests/protos/test_codec.py`` decodes the committed bytes and compares
 them with ``build_graph()``. Never rewrite it to make that test pass; a failure means the
 wire format changed (new field numbers or enum values are fine, renumbering is not). Add a
 ``graph_v2`` next to it when the version is bumped.
 
-Write it (once): ``python tests/golden/graph_v1.py --write``.
+Write it (once): ``python tests/protos/golden/graph_v1.py --write``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The server here has the default config, so it serves what ``HookedTransformer.from_pretrained``
 gives (weight processing included): runs are compared with that model loaded here
-(``smollm2_processed``); ``tests/test_remote_smollm2.py`` serves it without processing.
+(``smollm2_processed``); ``tests/e2e/test_remote_smollm2.py`` serves it without processing.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from telelens.server.config import (
     parse_bytes,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _problems(data: dict) -> dict[str, str]:
