@@ -99,11 +99,13 @@ def serve_raw(port: int) -> None:
 
     def canned_run(request: bytes, context: Any) -> Any:
         """A telelens ``Run`` answer, pre-serialized: one float32 result of the byte count in ``model``."""
-        from telelens.protos import service_pb2
+        from telelens.protos import service_pb2, tensor_pb2
 
         total = int(service_pb2.RunRequest.FromString(request).model)
         if total not in canned:
-            header = service_pb2.ResultHeader(name="x", dtype=1, shape=[total // 4], nbytes=total)
+            header = service_pb2.ResultHeader(
+                name="x", dtype=tensor_pb2.DTYPE_FLOAT32, shape=[total // 4], nbytes=total
+            )
             messages = [service_pb2.RunResponse(header=header).SerializeToString()]
             for offset in range(0, total, CHUNK):
                 chunk = service_pb2.ResultChunk(
@@ -209,7 +211,7 @@ def client_build_ms(remote: Any) -> float:
 def decode_rate(nbytes: int) -> float:
     """MB/s of the client's own result path: hand parsing and copying pre-serialized chunk messages."""
     from telelens.client.results import Chunk, ResultAssembler, parse_run_response
-    from telelens.protos import service_pb2
+    from telelens.protos import service_pb2, tensor_pb2
 
     data = os.urandom(CHUNK)
     messages = [
@@ -222,7 +224,9 @@ def decode_rate(nbytes: int) -> float:
     for _ in range(5):
         start = time.perf_counter()
         a = ResultAssembler()
-        a.header(service_pb2.ResultHeader(name="x", dtype=7, shape=[nbytes], nbytes=nbytes))
+        a.header(
+            service_pb2.ResultHeader(name="x", dtype=tensor_pb2.DTYPE_BOOL, shape=[nbytes], nbytes=nbytes)
+        )
         for m in messages:
             item = parse_run_response(m)
             assert isinstance(item, Chunk)
@@ -384,6 +388,7 @@ def stream(local: Any, remote: Any, raw_port: int, args: argparse.Namespace) -> 
         client.run(str(nbytes), ir.Graph(()))  # warm-up
         for _ in range(args.reps):
             client.run(str(nbytes), ir.Graph(()))
+            assert client.last_run is not None  # run() records its statistics
             canned.append(nbytes / client.last_run.transfer_s / 1e6)
     raw = rates["raw results"]
     print(

@@ -55,6 +55,7 @@ def config(shape: dict[str, Any], dtype: torch.dtype, device: str, n_ctx: int) -
 
 def build(cfg: HookedTransformerConfig) -> HookedTransformer:
     """Random weights drawn where they live (on the GPU for the big model)."""
+    assert cfg.device is not None  # config() always names one
     with torch.device(cfg.device):
         model = HookedTransformer(cfg, init_weights=False)
     gen = torch.Generator(device=cfg.device).manual_seed(0)
@@ -84,7 +85,13 @@ def tl_model(ours: HookedTransformer) -> Any:
     )  # fmt: skip
     with torch.device(c.device):
         tl = TLModel(cfg, move_to_device=False)
-    sd = {"embed.W_E": ours.embed.W_E, "unembed.W_U": ours.unembed.W_U, "ln_final.w": ours.ln_final.w}
+    assert ours.ln_final is not None  # an RMSNorm model
+    # Any: read through the blocks' norms (Norm or Identity to a type checker) and optional W_gate
+    sd: dict[str, Any] = {
+        "embed.W_E": ours.embed.W_E,
+        "unembed.W_U": ours.unembed.W_U,
+        "ln_final.w": ours.ln_final.w,
+    }
     for i, b in enumerate(ours.blocks):
         p = f"blocks.{i}."
         sd.update({

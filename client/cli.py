@@ -68,7 +68,7 @@ def _models(args: argparse.Namespace, tls: Any) -> int:
     from telelens.client.remote import list_models
 
     models = list_models(args.server, api_key=args.api_key, timeout=args.timeout, tls=tls)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": m.name, "architecture": m.architecture, "layers": m.n_layers, "params": m.n_params,
             "replicas": m.replicas, "dtype": m.dtype, "device": m.device,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from telelens.core import devices
-from telelens.core.components import Embed, Norm, PosEmbed, Rotary, TransformerBlock, Unembed
+from telelens.core.components import BlockList, Embed, Norm, PosEmbed, Rotary, TransformerBlock, Unembed
 from telelens.core.components.attention import AttentionContext
 from telelens.core.config import HookedTransformerConfig
 from telelens.core.forward_context import HookedTransformerKeyValueCache, attention_context
@@ -68,7 +68,7 @@ class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         else:
             self.rotary = Rotary(cfg)
-        self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
+        self.blocks = BlockList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
         # A tied model keeps its final norm weights when the blocks' norms are folded.
         final_kind = cfg.extra.get("ln_final_kind", cfg.normalization_type)
         self.ln_final = Norm(cfg, kind=final_kind) if final_kind is not None else None
@@ -309,7 +309,11 @@ class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
     def run_with_cache(
         self, *args: Any, return_cache_object: Literal[False], **kw: Any
     ) -> tuple[Any, dict[str, torch.Tensor]]: ...
-    def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:  # type: ignore[override]
+    @overload
+    def run_with_cache(
+        self, *args: Any, return_cache_object: bool = True, **kw: Any
+    ) -> tuple[Any, ActivationCache | dict[str, torch.Tensor]]: ...
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         """Run and cache activations: ``logits, cache = model.run_with_cache(tokens, names_filter=...)``.
 
         Only the hook points the filter accepts are recorded; everything else runs the

@@ -7,7 +7,7 @@ weight processing is ``telelens.core.weight_processing``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 
@@ -59,7 +59,7 @@ class PretrainedConstructors:
             )
 
         return load_pretrained(
-            cls,
+            cast("type[HookedTransformer]", cls),  # a mixin of HookedTransformer only
             model_name,
             fold_ln=fold_ln,
             center_writing_weights=center_writing_weights,
@@ -115,7 +115,7 @@ class PretrainedConstructors:
         from telelens.core.weight_processing import process_weights
 
         process_weights(
-            self,
+            cast("HookedTransformer", self),  # a mixin of HookedTransformer only
             fold_ln=fold_ln,
             center_writing_weights=center_writing_weights,
             center_unembed=center_unembed,

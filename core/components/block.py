@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import cast, overload
+
 import torch
 from torch import nn
 
@@ -22,10 +25,10 @@ class TransformerBlock(nn.Module):
         self.cfg = cfg
         self.layer = layer
         norm_kind = cfg.normalization_type
-        self.ln1 = Norm(cfg) if norm_kind is not None else nn.Identity()
+        self.ln1: Norm | nn.Identity = Norm(cfg) if norm_kind is not None else nn.Identity()
         self.attn = Attention(cfg, layer)
         if not cfg.attn_only:
-            self.ln2 = Norm(cfg) if norm_kind is not None else nn.Identity()
+            self.ln2: Norm | nn.Identity = Norm(cfg) if norm_kind is not None else nn.Identity()
             self.mlp = MLP(cfg)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_in = HookPoint()  # [batch, pos, head_index, d_model] (use_attn_in)
@@ -109,3 +112,19 @@ class TransformerBlock(nn.Module):
         if self.cfg.parallel_attn_mlp:
             return self.hook_resid_post(resid_pre + attn_out + mlp_out)
         return self.hook_resid_post(self.hook_resid_mid(resid_pre + attn_out) + mlp_out)
+
+
+class BlockList(nn.ModuleList):
+    """``model.blocks``: an ``nn.ModuleList`` of :class:`TransformerBlock` that says so to a type
+    checker (``model.blocks[i].attn`` is an ``Attention``). It adds no state: the state-dict
+    names stay ``blocks.{i}....``."""
+
+    @overload
+    def __getitem__(self, idx: slice) -> BlockList: ...
+    @overload
+    def __getitem__(self, idx: int) -> TransformerBlock: ...
+    def __getitem__(self, idx: int | slice) -> TransformerBlock | BlockList:
+        return cast("TransformerBlock | BlockList", super().__getitem__(idx))
+
+    def __iter__(self) -> Iterator[TransformerBlock]:
+        return cast(Iterator[TransformerBlock], super().__iter__())

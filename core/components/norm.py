@@ -21,7 +21,10 @@ class Norm(nn.Module):
         self, cfg: HookedTransformerConfig, kind: str | None = None, length: int | None = None
     ) -> None:
         super().__init__()
-        self.kind = kind or cfg.normalization_type
+        kind = kind or cfg.normalization_type
+        if kind is None:
+            raise ValueError("Norm needs a kind: pass kind= or set cfg.normalization_type")
+        self.kind: str = kind
         self.eps = cfg.eps
         self.length = length or cfg.d_model
         if self.kind in ("LN", "RMS"):

@@ -109,15 +109,26 @@ def _scalar(tp: Any, data: Any, path: str, problems: list[tuple[str, str]]) -> A
     return str(data) if tp is str else data
 
 
-@cache
+# The public functions take any class; the cached ones behind them take it as a plain ``type``
+# (a type checker does not see a dataclass's class object as ``Hashable``, though it is).
 def field_types(cls: type) -> dict[str, Any]:
+    """The resolved type hints of a dataclass's fields (computed once per class)."""
+    return _field_types(cls)
+
+
+@cache
+def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
 # ----------------------------------------------------------------------------------- describing
-@cache
 def field_docs(cls: type) -> dict[str, str]:
     """The attribute docstrings of a dataclass (the string right after each field)."""
+    return _field_docs(cls)
+
+
+@cache
+def _field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
@@ -137,7 +148,7 @@ def _items(config: Any) -> tuple[dict[str, Any], dict[str, str]]:
     """A config dataclass's keys with their values, and their docstrings (flat ones through ``flat()``)."""
     if hasattr(config, "flat"):
         return config.flat(), type(config).flat_docs()
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, field_docs(type(config))  # type: ignore[arg-type]
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, field_docs(type(config))
 
 
 def describe(config: Any, indent: str = "") -> str:

@@ -8,7 +8,7 @@ passes then, only the limits stood in the way. Reasons are never parsed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from telelens.protos import codec, ir
 
@@ -16,7 +16,7 @@ from telelens.protos import codec, ir
 class Failure(Exception):
     """A request that cannot complete: ``code`` is a ``grpc.StatusCode`` name."""
 
-    def __init__(self, code: str, message: str, errors: tuple[ir.GraphError, ...] = ()) -> None:
+    def __init__(self, code: str, message: str, errors: Iterable[ir.GraphError] = ()) -> None:
         super().__init__(code, message, tuple(errors))
         self.code = code
         self.message = message

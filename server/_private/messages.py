@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -63,7 +63,7 @@ def batch(responses: Iterable[bytes]) -> bytes:
 def item_messages(item: Progress | Header | ResultPiece | Done, chunk_bytes: int) -> Iterator[bytes]:
     """``item`` as serialized ``RunResponse`` s: one, or a chunk cut into ``chunk_bytes`` pieces."""
     if isinstance(item, ResultPiece):
-        view = memoryview(item.data)
+        view = item.data.data  # the uint8 array's buffer, as a memoryview
         for start in range(0, len(view), chunk_bytes):
             yield encode_chunk(item.name, item.offset + start, view[start : start + chunk_bytes])
     else:
@@ -88,9 +88,10 @@ def _message(item: Progress | Header | Done) -> service_pb2.RunResponse:
     )
 
 
-def wire_dtype(name: str) -> int:
+def wire_dtype(name: str) -> tensor_pb2.DType:
     """The ``DType`` enum value of a dtype name (``"float32"`` -> ``DTYPE_FLOAT32``)."""
-    return tensor_pb2.DType.Value("DTYPE_" + name.upper())
+    # The generated stubs type ``Value`` as a plain int; it is the enum's value.
+    return cast(tensor_pb2.DType, tensor_pb2.DType.Value("DTYPE_" + name.upper()))
 
 
 def _varint(n: int) -> bytes:

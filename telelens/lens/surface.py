@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from telelens.protos import ir
 
 ModelInput = str | Sequence[str] | torch.Tensor
-TokensInput = str | int | torch.Tensor | Sequence[int]
+TokensInput = str | int | torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
 
 
 def block_param_count(cfg: Any) -> int:

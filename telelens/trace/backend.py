@@ -25,8 +25,13 @@ class GraphBackend(Protocol):
     A backend may also offer ``to_tokens(text) -> torch.Tensor`` ([batch, pos] ids).
     """
 
-    hook_names: list[str]
     cfg: Any
+
+    @property
+    def hook_names(self) -> list[str]:
+        """The hook points that fire under the model's current settings, in forward order
+        (read-only here: a backend may compute it, as ``LocalBackend`` does)."""
+        ...
 
     def execute(self, graph: ir.Graph, allow_code: bool = False) -> dict[str, torch.Tensor]:
         """Validate and run ``graph``; return every saved value by its save name."""

@@ -122,6 +122,7 @@ def test_full_pipeline_matches_expected_gpt2_structure() -> None:
     torch.testing.assert_close(model.b_O.mean(-1), torch.zeros(2), atol=1e-6, rtol=0)
     for W in (model.W_Q, model.W_K, model.W_V):  # reading weights centred over d_model by fold_ln
         torch.testing.assert_close(W.mean(-2), torch.zeros_like(W.mean(-2)), atol=1e-6, rtol=0)
+    assert model.ln_final is not None
     assert model.ln_final.w is None and model.ln_final.b is None
 
 
@@ -304,6 +305,7 @@ def test_fold_value_biases_matches_the_formula_under_gqa() -> None:
 @pytest.mark.parametrize("arch", TIED)
 def test_tied_fold_ln_keeps_final_norm(arch: str, caplog: pytest.LogCaptureFixture) -> None:
     model = make_model(arch)
+    assert model.ln_final is not None
     kind = model.ln_final.kind
     W_E = model.embed.W_E.detach().clone()
     before = log_probs(model)
@@ -361,6 +363,7 @@ def test_untie_then_full_pipeline(arch: str, caplog: pytest.LogCaptureFixture) -
     assert_same_log_probs(before, model)
     wp.process_weights(model)  # now everything applies, ln_final folds too
     assert_same_log_probs(before, model)
+    assert model.ln_final is not None
     assert model.ln_final.w is None and "ln_final_kind" not in model.cfg.extra
     fresh = HookedTransformer(copy.deepcopy(model.cfg), init_weights=False).eval()
     fresh.load_state_dict(model.state_dict(), strict=True)

@@ -13,6 +13,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from telelens.client import (
 )
 from telelens.client.results import Chunk, ResultAssembler, parse_run_response
 from telelens.client.transport import RetryPolicy, Transport, parse_target
-from telelens.protos import ir, service_pb2
+from telelens.protos import ir, service_pb2, tensor_pb2
 
 CORPUS = [
     "The Eiffel Tower is in the city of Paris.",
@@ -124,7 +125,7 @@ def url(server: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def remote(url: str) -> RemoteModel:
+def remote(url: str) -> Iterator[RemoteModel]:
     model = telelens.connect(url, model="tiny", api_key=KEY, progress=False)
     yield model
     model.close()
@@ -544,8 +545,10 @@ def test_parse_target():
         parse_target("ftp://x")
 
 
-def _header(name: str, shape: list[int], dtype: int = 1) -> service_pb2.ResultHeader:
-    size = {1: 4, 5: 8, 7: 1}[dtype]
+def _header(
+    name: str, shape: list[int], dtype: tensor_pb2.DType = tensor_pb2.DTYPE_FLOAT32
+) -> service_pb2.ResultHeader:
+    size = {tensor_pb2.DTYPE_FLOAT32: 4, tensor_pb2.DTYPE_INT64: 8, tensor_pb2.DTYPE_BOOL: 1}[dtype]
     n = 1
     for d in shape:
         n *= d
@@ -574,7 +577,7 @@ def test_result_assembly_refuses_broken_streams():
         with pytest.raises(ProtocolError, match=message):
             action(a)
     a = ResultAssembler()
-    a.header(_header("b", [2], dtype=7))
+    a.header(_header("b", [2], dtype=tensor_pb2.DTYPE_BOOL))
     a.chunk(Chunk("b", 0, memoryview(b"\x01\x02")))
     with pytest.raises(ProtocolError, match="bool"):
         a.finish()

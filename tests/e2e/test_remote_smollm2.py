@@ -9,6 +9,7 @@ compared too.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def server(ray_cluster: None, smollm2_path: Path, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture(scope="module")
-def remote(server: Any) -> RemoteModel:
+def remote(server: Any) -> Iterator[RemoteModel]:
     model = telelens.connect(f"grpc://{server.address}", model=NAME, progress=False)
     yield model
     model.close()

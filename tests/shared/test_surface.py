@@ -157,6 +157,7 @@ def test_shared_surface_gives_the_local_numbers(preset: dict[str, Any]) -> None:
             assert torch.equal(remote.blocks[layer].ln1(x), local.blocks[layer].ln1(x))
             assert torch.equal(remote.blocks[layer].ln2(x), local.blocks[layer].ln2(x))
             assert torch.equal(remote.blocks[layer].attn.W_O, local.blocks[layer].attn.W_O.detach())
+        assert remote.ln_final is not None and local.ln_final is not None
         assert torch.equal(remote.ln_final(x), local.ln_final(x))
         assert torch.equal(remote.apply_ln_final(x), local.apply_ln_final(x))
         logits = local(torch.tensor([[1, 2, 3, 4]]))

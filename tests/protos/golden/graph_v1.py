@@ -76,9 +76,10 @@ def build_graph() -> ir.Graph:
         next_id += 1
         return next_id - 1
 
+    right_operands: list[ir.Operand] = [ir.Ref(9), 2.0, -1e300, float("inf")]
     for i, op in enumerate(ir.BINARY_OPS):
         a: ir.Operand = ir.Ref(18)
-        b: ir.Operand = [ir.Ref(9), 2.0, -1e300, float("inf")][i % 4]
+        b = right_operands[i % 4]
         add(lambda nid, op=op, a=a, b=b: ir.Binary(nid, op, a, b))
     add(lambda nid: ir.Binary(nid, "sub", 1.0, ir.Ref(18)))
     for op in ir.UNARY_OPS:
