@@ -29,8 +29,10 @@ def fold_value_bias_layer(attn: Attention, model: HookedTransformer) -> None:
     contribution = attn.o_weight.float() @ b_V.reshape(-1).to(attn.o_weight.device)  # [d_model]
     if attn.o_bias is None:
         ensure_attn_out_bias(model)
-    attn.o_bias.copy_(attn.o_bias.float() + contribution)
-    attn.qkv_bias[v_rows].zero_()
+    o_bias, qkv_bias = attn.o_bias, attn.qkv_bias
+    assert o_bias is not None and qkv_bias is not None  # made above; b_V came from qkv_bias
+    o_bias.copy_(o_bias.float() + contribution)
+    qkv_bias[v_rows].zero_()
 
 
 def fold_value_biases(model: HookedTransformer) -> None:
@@ -78,15 +80,16 @@ def refactor_factored_attn_matrices(model: HookedTransformer) -> None:
             q_rows, k_rows = slice(0, nh * dh), slice(nh * dh, 2 * nh * dh)
             W_Q = attn.W_Q.float()  # [head_index, d_model, d_head]
             W_K = attn.W_K.float()
-            has_bias = attn.qkv_bias is not None
+            qkv_bias = attn.qkv_bias
+            has_bias = qkv_bias is not None
             if has_bias:  # [head_index, d_model + 1, d_head]: the extra input coordinate is 1
                 W_Q = torch.cat([W_Q, attn.b_Q.float()[:, None, :]], dim=1)
                 W_K = torch.cat([W_K, attn.b_K.float()[:, None, :]], dim=1)
             W_Q, W_K_T = FactoredMatrix(W_Q, W_K.transpose(-1, -2)).make_even().pair
             W_K = W_K_T.transpose(-1, -2)
-            if has_bias:
-                attn.qkv_bias[q_rows].copy_(W_Q[:, -1, :].reshape(-1))
-                attn.qkv_bias[k_rows].copy_(W_K[:, -1, :].reshape(-1))
+            if qkv_bias is not None:
+                qkv_bias[q_rows].copy_(W_Q[:, -1, :].reshape(-1))
+                qkv_bias[k_rows].copy_(W_K[:, -1, :].reshape(-1))
                 W_Q, W_K = W_Q[:, :-1, :], W_K[:, :-1, :]
             # [head_index, d_model, d_head] -> rows [head_index * d_head, d_model]
             attn.qkv_weight[q_rows].copy_(W_Q.transpose(1, 2).reshape(nh * dh, -1))

@@ -9,7 +9,7 @@ through :class:`~telelens.lens.surface.CacheModel` (``cfg``, ``get_weight``, ``a
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 import torch
 
@@ -108,6 +108,26 @@ class ComponentStacks:
         for layer in range(self._n_layers):
             self._head_results(layer)
 
+    @overload
+    def stack_head_results(
+        self,
+        layer: int = -1,
+        *,
+        return_labels: Literal[False] = False,
+        incl_remainder: bool = False,
+        pos_slice: SliceLike = None,
+        apply_ln: bool = False,
+    ) -> torch.Tensor: ...
+    @overload
+    def stack_head_results(
+        self,
+        layer: int = -1,
+        *,
+        return_labels: Literal[True],
+        incl_remainder: bool = False,
+        pos_slice: SliceLike = None,
+        apply_ln: bool = False,
+    ) -> tuple[torch.Tensor, list[str]]: ...
     def stack_head_results(
         self,
         layer: int = -1,
@@ -187,6 +207,30 @@ class ComponentStacks:
             return self._empty_stack(pos_slice, proj.shape[-1])
         return torch.cat(parts, dim=-2).movedim(-2, 0)
 
+    @overload
+    def stack_neuron_results(
+        self,
+        layer: int,
+        pos_slice: SliceLike = None,
+        neuron_slice: SliceLike = None,
+        *,
+        return_labels: Literal[False] = False,
+        incl_remainder: bool = False,
+        apply_ln: bool = False,
+        project_output_onto: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+    @overload
+    def stack_neuron_results(
+        self,
+        layer: int,
+        pos_slice: SliceLike = None,
+        neuron_slice: SliceLike = None,
+        *,
+        return_labels: Literal[True],
+        incl_remainder: bool = False,
+        apply_ln: bool = False,
+        project_output_onto: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[str]]: ...
     def stack_neuron_results(
         self,
         layer: int,

@@ -7,7 +7,7 @@ and ``logit_attrs``, built on the per-component stacks of :class:`ComponentStack
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, overload
 
 import torch
 
@@ -27,6 +27,28 @@ class ResidDecomposition(ComponentStacks):
     """Splits the residual stream into components and attributes logits to them."""
 
     # ------------------------------------------------------------------ residual stream
+    @overload
+    def accumulated_resid(
+        self,
+        layer: int | None = None,
+        incl_mid: bool = False,
+        apply_ln: bool = False,
+        pos_slice: SliceLike = None,
+        mlp_input: bool = False,
+        *,
+        return_labels: Literal[False] = False,
+    ) -> torch.Tensor: ...
+    @overload
+    def accumulated_resid(
+        self,
+        layer: int | None = None,
+        incl_mid: bool = False,
+        apply_ln: bool = False,
+        pos_slice: SliceLike = None,
+        mlp_input: bool = False,
+        *,
+        return_labels: Literal[True],
+    ) -> tuple[torch.Tensor, list[str]]: ...
     def accumulated_resid(
         self,
         layer: int | None = None,
@@ -70,6 +92,30 @@ class ResidDecomposition(ComponentStacks):
             )
         return (stack, labels) if return_labels else stack
 
+    @overload
+    def decompose_resid(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        mode: Literal["all", "mlp", "attn"] = "all",
+        apply_ln: bool = False,
+        pos_slice: SliceLike = None,
+        incl_embeds: bool = True,
+        *,
+        return_labels: Literal[False] = False,
+    ) -> torch.Tensor: ...
+    @overload
+    def decompose_resid(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        mode: Literal["all", "mlp", "attn"] = "all",
+        apply_ln: bool = False,
+        pos_slice: SliceLike = None,
+        incl_embeds: bool = True,
+        *,
+        return_labels: Literal[True],
+    ) -> tuple[torch.Tensor, list[str]]: ...
     def decompose_resid(
         self,
         layer: int | None = None,
@@ -114,6 +160,30 @@ class ResidDecomposition(ComponentStacks):
         return (stack, labels) if return_labels else stack
 
     # ------------------------------------------------------------------ full decomposition
+    @overload
+    def get_full_resid_decomposition(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        expand_neurons: bool = True,
+        apply_ln: bool = False,
+        pos_slice: SliceLike = None,
+        *,
+        return_labels: Literal[False] = False,
+        project_output_onto: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+    @overload
+    def get_full_resid_decomposition(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        expand_neurons: bool = True,
+        apply_ln: bool = False,
+        pos_slice: SliceLike = None,
+        *,
+        return_labels: Literal[True],
+        project_output_onto: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[str]]: ...
     def get_full_resid_decomposition(
         self,
         layer: int | None = None,
