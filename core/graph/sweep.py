@@ -140,16 +140,3 @@ def run_sweep(
         attention_mask=attention_mask, method=method, progress=done,
     )  # fmt: skip
     return flat.to(model.W_E.device).reshape(geometry.sizes)
-
-
-def run_sweep_naive(
-    model: HookedTransformer,
-    geometry: SweepGeometry,
-    clean: dict[int, torch.Tensor],
-    tokens: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    metric: Callable[[torch.Tensor], torch.Tensor],
-    on_cell: Callable[[], None] = lambda: None,
-) -> torch.Tensor:
-    """:func:`run_sweep` with one full forward pass of the corrupted tokens per cell (the reference)."""
-    return run_sweep(model, geometry, clean, tokens, attention_mask, metric, on_cell, method="naive")

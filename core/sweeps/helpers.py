@@ -2,15 +2,16 @@
 
 A helper fixes the activation, the axes and the patch setter of
 :func:`~telelens.core.sweeps.generic.generic_activation_patch` (as TransformerLens's partials
-do); :data:`HELPERS` lists them by name (``get_act_patch_<name>``). The graph front end's
-:data:`telelens.trace.patching.HELPER_AXES` names the same grids for the ``Sweep`` node.
+do); :data:`HELPERS` lists them by name (``get_act_patch_<name>``). Each row's activation and
+axes come from the shared :data:`telelens.trace.helper_grids.HELPER_GRIDS` (which the graph
+front end's ``Sweep`` helpers read too); this module adds the core's setter and docstring.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from telelens.core.sweeps.setters import (
     layer_pos_head_vector_patch_setter,
     layer_pos_patch_setter,
 )
+from telelens.trace.helper_grids import HELPER_GRIDS
 
 if TYPE_CHECKING:
     from telelens.core.hooked_transformer import HookedTransformer
@@ -40,103 +42,76 @@ class Helper:
     doc: str
 
 
-_LP: tuple[AxisNames, ...] = ("layer", "pos")
-_LH: tuple[AxisNames, ...] = ("layer", "head")
-_LPH: tuple[AxisNames, ...] = ("layer", "pos", "head")
-
-HELPERS: dict[str, Helper] = {
-    "resid_pre": Helper(
-        "resid_pre",
-        _LP,
+_SETTERS_AND_DOCS: dict[str, tuple[PatchSetter, str]] = {
+    "resid_pre": (
         layer_pos_patch_setter,
         "Patch the residual stream entering each block, by position: [n_layers, pos].",
     ),
-    "resid_mid": Helper(
-        "resid_mid",
-        _LP,
+    "resid_mid": (
         layer_pos_patch_setter,
         "Patch the residual stream between attention and MLP, by position: [n_layers, pos].",
     ),
-    "attn_out": Helper(
-        "attn_out",
-        _LP,
+    "attn_out": (
         layer_pos_patch_setter,
         "Patch each attention layer's output, by position: [n_layers, pos].",
     ),
-    "mlp_out": Helper(
-        "mlp_out",
-        _LP,
+    "mlp_out": (
         layer_pos_patch_setter,
         "Patch each MLP layer's output, by position: [n_layers, pos].",
     ),
-    "attn_head_out_by_pos": Helper(
-        "z",
-        _LPH,
+    "attn_head_out_by_pos": (
         layer_pos_head_vector_patch_setter,
         "Patch each head's output (z), by position: [n_layers, pos, n_heads].",
     ),
-    "attn_head_q_by_pos": Helper(
-        "q",
-        _LPH,
+    "attn_head_q_by_pos": (
         layer_pos_head_vector_patch_setter,
         "Patch each head's queries, by position: [n_layers, pos, n_heads].",
     ),
-    "attn_head_k_by_pos": Helper(
-        "k",
-        _LPH,
+    "attn_head_k_by_pos": (
         layer_pos_head_vector_patch_setter,
         "Patch each key head's keys, by position: [n_layers, pos, n_key_value_heads] (= n_heads without GQA).",
     ),
-    "attn_head_v_by_pos": Helper(
-        "v",
-        _LPH,
+    "attn_head_v_by_pos": (
         layer_pos_head_vector_patch_setter,
         "Patch each value head's values, by position: [n_layers, pos, n_key_value_heads] (= n_heads without GQA).",
     ),
-    "attn_head_pattern_by_pos": Helper(
-        "pattern",
-        ("layer", "head_index", "dest_pos"),
+    "attn_head_pattern_by_pos": (
         layer_head_pos_pattern_patch_setter,
         "Patch each head's attention pattern row, by destination position: [n_layers, n_heads, dest_pos].",
     ),
-    "attn_head_pattern_dest_src_pos": Helper(
-        "pattern",
-        ("layer", "head_index", "dest_pos", "src_pos"),
+    "attn_head_pattern_dest_src_pos": (
         layer_head_dest_src_pos_pattern_patch_setter,
         "Patch each single attention pattern entry: [n_layers, n_heads, dest_pos, src_pos].",
     ),
-    "attn_head_out_all_pos": Helper(
-        "z",
-        _LH,
+    "attn_head_out_all_pos": (
         layer_head_vector_patch_setter,
         "Patch each head's output (z) at every position: [n_layers, n_heads].",
     ),
-    "attn_head_q_all_pos": Helper(
-        "q",
-        _LH,
+    "attn_head_q_all_pos": (
         layer_head_vector_patch_setter,
         "Patch each head's queries at every position: [n_layers, n_heads].",
     ),
-    "attn_head_k_all_pos": Helper(
-        "k",
-        _LH,
+    "attn_head_k_all_pos": (
         layer_head_vector_patch_setter,
         "Patch each key head's keys at every position: [n_layers, n_key_value_heads] (= n_heads without GQA).",
     ),
-    "attn_head_v_all_pos": Helper(
-        "v",
-        _LH,
+    "attn_head_v_all_pos": (
         layer_head_vector_patch_setter,
         "Patch each value head's values at every position: [n_layers, n_key_value_heads] (= n_heads without GQA).",
     ),
-    "attn_head_pattern_all_pos": Helper(
-        "pattern",
-        ("layer", "head_index"),
+    "attn_head_pattern_all_pos": (
         layer_head_pattern_patch_setter,
         "Patch each head's whole attention pattern: [n_layers, n_heads].",
     ),
 }
-"""Helper name (``get_act_patch_<name>``) -> its activation, axes and setter."""
+"""The core's part of each helper (its patch setter and docstring); the rest is the shared grid."""
+
+HELPERS: dict[str, Helper] = {
+    name: Helper(grid.activation, cast("tuple[AxisNames, ...]", grid.axes), *_SETTERS_AND_DOCS[name])
+    for name, grid in HELPER_GRIDS.items()
+}
+"""Helper name (``get_act_patch_<name>``) -> its activation, axes (from the shared
+:data:`~telelens.trace.helper_grids.HELPER_GRIDS`) and setter."""
 
 _ARGS_DOC = """
 

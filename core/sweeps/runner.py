@@ -3,8 +3,8 @@
 Both front ends call it: TransformerLens's patching helpers (:mod:`telelens.core.patching`)
 and the graph's ``Sweep`` node (:mod:`telelens.core.graph.sweep`). Each cell is a
 :class:`~telelens.core.sweeps.sites.PatchSite`: copy the clean activation into the
-corrupted run at one layer and index. :func:`run_fast` runs the cells on the engine of
-:mod:`telelens.core.sweeps.engine`; :func:`run_naive` is the reference, one full forward
+corrupted run at one layer and index. :func:`~telelens.core.sweeps.engine.sweep_sites`
+runs the cells on the batched engine; :func:`run_naive` is the reference, one full forward
 pass of the corrupted tokens per cell; :func:`run_cells` picks one.
 """
 
@@ -63,7 +63,7 @@ def run_cells(
         raise ValueError(f"method must be 'auto', 'fast' or 'naive', got {method!r}")
     if method != "naive":
         try:
-            return run_fast(
+            return sweep_sites(  # on the unembed's device; raises SweepUnsupported before any pass
                 model, tokens, hook_of, sites, clean, metric,
                 attention_mask=attention_mask, setter=setter, options=options, progress=progress,
             )  # fmt: skip
@@ -73,27 +73,6 @@ def run_cells(
     return run_naive(
         model, tokens, hook_of, sites, clean, metric,
         attention_mask=attention_mask, setter=setter, progress=progress,
-    )  # fmt: skip
-
-
-def run_fast(
-    model: HookedTransformer,
-    tokens: torch.Tensor,
-    hook_of: Callable[[int], str],
-    sites: Sequence[PatchSite],
-    clean: CleanSource,
-    metric: Metric,
-    *,
-    attention_mask: torch.Tensor | None = None,
-    setter: PatchSetter | None = None,
-    options: SweepOptions | None = None,
-    progress: Progress | None = None,
-) -> torch.Tensor:
-    """The cells on the batched engine (raises :class:`SweepUnsupported` before any forward pass
-    when it cannot run them); on the unembed's device."""
-    return sweep_sites(
-        model, tokens, hook_of, sites, clean, metric,
-        attention_mask=attention_mask, setter=setter, options=options, progress=progress,
     )  # fmt: skip
 
 

@@ -25,26 +25,13 @@ import torch
 
 from telelens.protos import ir
 from telelens.trace.graph import GraphBuilder
+from telelens.trace.helper_grids import HELPER_AXES
 from telelens.trace.proxies import RunProxy, ValueProxy
 from telelens.trace.tracing import Tracer
 
 __all__ = ["HELPER_AXES", "add_sweep", "sweep"]
 
 SWEEP_AXES = ("layer", "pos", "head")
-
-HELPER_AXES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "resid_pre": ("resid_pre", ("layer", "pos")),
-    "resid_mid": ("resid_mid", ("layer", "pos")),
-    "attn_out": ("attn_out", ("layer", "pos")),
-    "mlp_out": ("mlp_out", ("layer", "pos")),
-    "attn_head_out_all_pos": ("z", ("layer", "head")),
-    "attn_head_out_by_pos": ("z", ("layer", "pos", "head")),
-    "attn_head_pattern_all_pos": ("pattern", ("layer", "head")),
-}
-"""TransformerLens helper name (``get_act_patch_<name>``) -> (activation, axes) of the same grid.
-
-Sweep grids are shaped by the axes in the order layer, pos, head, as the helpers' are (the
-by-position pattern helper is [layer, head, dest_pos] and has no entry here)."""
 
 MetricFn = Callable[[ValueProxy], ValueProxy]
 

@@ -331,12 +331,14 @@ def test_accepts_an_activation_cache(mha, results):
     torch.testing.assert_close(out, results["get_act_patch_attn_head_v_all_pos"], atol=1e-6, rtol=0)
 
 
-def test_graph_helper_names_are_rows_of_the_helper_table():
-    """The graph front end's HELPER_AXES (shared layer) names grids of core's one helper table."""
-    from telelens.trace.patching import HELPER_AXES
+def test_helpers_are_rows_of_the_shared_helper_table():
+    """Core's helpers and the graph front end's HELPER_AXES read the one shared table."""
+    from telelens.trace.helper_grids import HELPER_AXES, HELPER_GRIDS
 
-    for name, (activation, axes) in HELPER_AXES.items():
-        helper = patching.HELPERS[name]
-        assert activation == helper.activation, name
-        assert axes == tuple("head" if a == "head_index" else a for a in helper.axes), name
-        assert getattr(patching, f"get_act_patch_{name}").keywords["activation_name"] == activation
+    assert set(patching.HELPERS) == set(HELPER_GRIDS)
+    for name, grid in HELPER_GRIDS.items():
+        helper = getattr(patching, f"get_act_patch_{name}")
+        assert helper.keywords["activation_name"] == grid.activation, name
+        assert tuple(helper.keywords["index_axis_names"]) == grid.axes, name
+    assert set(HELPER_AXES) <= set(HELPER_GRIDS)
+    assert HELPER_AXES["attn_head_pattern_all_pos"] == ("pattern", ("layer", "head"))

@@ -17,7 +17,7 @@ from telelens.core import patching
 from telelens.core.config import HookedTransformerConfig
 from telelens.core.graph.execute import execute
 from telelens.core.graph.local import LocalBackend
-from telelens.core.graph.sweep import run_sweep, run_sweep_naive, sweep_geometry
+from telelens.core.graph.sweep import run_sweep, sweep_geometry
 from telelens.core.graph.validate import check
 from telelens.core.hooked_transformer import HookedTransformer
 from telelens.protos import ir
@@ -120,7 +120,7 @@ def test_progress_per_cell_block_and_the_fallback_agrees(setup):
 
     with torch.inference_mode():
         fast = run_sweep(model, geometry, clean_acts, corrupted, None, fn)
-        naive = run_sweep_naive(model, geometry, clean_acts, corrupted, None, fn)
+        naive = run_sweep(model, geometry, clean_acts, corrupted, None, fn, method="naive")
     torch.testing.assert_close(fast, naive, atol=TOL, rtol=0)
     torch.testing.assert_close(out[next(iter(out))], naive, atol=TOL, rtol=0)
 
