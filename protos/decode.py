@@ -180,8 +180,8 @@ def _node_from(m: graph_pb2.Node, max_bytes: int | None, *, in_metric: bool) -> 
         )
     if kind == "read":
         return ir.Read(nid, run=_required(op, "run"), hook=op.hook)
-    if kind == "write":
-        return ir.Write(
+    if kind in ("write", "grad_write"):
+        return (ir.Write if kind == "write" else ir.GradWrite)(
             nid,
             run=_required(op, "run"),
             hook=op.hook,
@@ -235,8 +235,11 @@ def _node_from(m: graph_pb2.Node, max_bytes: int | None, *, in_metric: bool) -> 
     if kind == "save":
         dtype = None if op.dtype == 0 else enum_name(DTYPES, op.dtype, "dtype")
         return ir.Save(nid, input=ir.Ref(_required(op, "input")), name=op.name, dtype=dtype)
-    if kind == "code_hook":
-        return ir.CodeHook(nid, run=_required(op, "run"), hook=op.hook, payload=op.payload)
+    if kind in ("code_hook", "grad_code_hook"):
+        cls = ir.CodeHook if kind == "code_hook" else ir.GradCodeHook
+        return cls(nid, run=_required(op, "run"), hook=op.hook, payload=op.payload)
+    if kind == "grad":
+        return ir.Grad(nid, of=ir.Ref(_required(op, "of")), wrt=ir.Ref(_required(op, "wrt")))
     if kind == "sweep":
         if in_metric:  # refused here, not later: converting it would recurse and escape max_nodes
             raise FieldError("", "a Sweep may not appear in a sweep's metric sub-graph")

@@ -225,6 +225,19 @@ def _enc_sweep(out: graph_pb2.Node.Sweep, n: ir.Sweep) -> None:
     out.metric_output = n.metric_output
 
 
+def _enc_grad(out: graph_pb2.Node.Grad, n: ir.Grad) -> None:
+    out.of = _ref("of", n.of)
+    out.wrt = _ref("wrt", n.wrt)
+
+
+def _enc_grad_write(out: graph_pb2.Node.GradWrite, n: ir.GradWrite) -> None:
+    _enc_write(out, n)  # type: ignore[arg-type]  # the same fields as a Write
+
+
+def _enc_grad_code_hook(out: graph_pb2.Node.GradCodeHook, n: ir.GradCodeHook) -> None:
+    _enc_code_hook(out, n)  # type: ignore[arg-type]  # the same fields as a CodeHook
+
+
 def _enc_sweep_logits(out: graph_pb2.Node.SweepLogits, n: ir.SweepLogits) -> None:
     pass  # no fields; _encode_node has set the oneof
 
@@ -246,6 +259,9 @@ _ENCODERS: dict[type, Any] = {
     ir.CodeHook: _enc_code_hook,
     ir.Sweep: _enc_sweep,
     ir.SweepLogits: _enc_sweep_logits,
+    ir.Grad: _enc_grad,
+    ir.GradWrite: _enc_grad_write,
+    ir.GradCodeHook: _enc_grad_code_hook,
 }
 _OP_FIELDS: dict[type, str] = {
     ir.Run: "run",
@@ -264,4 +280,7 @@ _OP_FIELDS: dict[type, str] = {
     ir.CodeHook: "code_hook",
     ir.Sweep: "sweep",
     ir.SweepLogits: "sweep_logits",
+    ir.Grad: "grad",
+    ir.GradWrite: "grad_write",
+    ir.GradCodeHook: "grad_code_hook",
 }

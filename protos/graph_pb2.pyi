@@ -148,7 +148,7 @@ class Operand(_message.Message):
     def __init__(self, node: _Optional[int] = ..., scalar: _Optional[float] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "run", "read", "write", "constant", "weight", "index", "binary", "unary", "reduce", "gather", "reshape", "transpose", "save", "code_hook", "sweep", "sweep_logits")
+    __slots__ = ("id", "run", "read", "write", "constant", "weight", "index", "binary", "unary", "reduce", "gather", "reshape", "transpose", "save", "code_hook", "sweep", "sweep_logits", "grad", "grad_write", "grad_code_hook")
     class Run(_message.Message):
         __slots__ = ("tokens", "text", "prepend_bos", "attention_mask")
         TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +298,35 @@ class Node(_message.Message):
     class SweepLogits(_message.Message):
         __slots__ = ()
         def __init__(self) -> None: ...
+    class Grad(_message.Message):
+        __slots__ = ("of", "wrt")
+        OF_FIELD_NUMBER: _ClassVar[int]
+        WRT_FIELD_NUMBER: _ClassVar[int]
+        of: int
+        wrt: int
+        def __init__(self, of: _Optional[int] = ..., wrt: _Optional[int] = ...) -> None: ...
+    class GradWrite(_message.Message):
+        __slots__ = ("run", "hook", "value", "index", "mode")
+        RUN_FIELD_NUMBER: _ClassVar[int]
+        HOOK_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        INDEX_FIELD_NUMBER: _ClassVar[int]
+        MODE_FIELD_NUMBER: _ClassVar[int]
+        run: int
+        hook: str
+        value: Operand
+        index: _containers.RepeatedCompositeFieldContainer[IndexItem]
+        mode: WriteMode
+        def __init__(self, run: _Optional[int] = ..., hook: _Optional[str] = ..., value: _Optional[_Union[Operand, _Mapping]] = ..., index: _Optional[_Iterable[_Union[IndexItem, _Mapping]]] = ..., mode: _Optional[_Union[WriteMode, str]] = ...) -> None: ...
+    class GradCodeHook(_message.Message):
+        __slots__ = ("run", "hook", "payload")
+        RUN_FIELD_NUMBER: _ClassVar[int]
+        HOOK_FIELD_NUMBER: _ClassVar[int]
+        PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+        run: int
+        hook: str
+        payload: bytes
+        def __init__(self, run: _Optional[int] = ..., hook: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     READ_FIELD_NUMBER: _ClassVar[int]
@@ -315,6 +344,9 @@ class Node(_message.Message):
     CODE_HOOK_FIELD_NUMBER: _ClassVar[int]
     SWEEP_FIELD_NUMBER: _ClassVar[int]
     SWEEP_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    GRAD_FIELD_NUMBER: _ClassVar[int]
+    GRAD_WRITE_FIELD_NUMBER: _ClassVar[int]
+    GRAD_CODE_HOOK_FIELD_NUMBER: _ClassVar[int]
     id: int
     run: Node.Run
     read: Node.Read
@@ -332,7 +364,10 @@ class Node(_message.Message):
     code_hook: Node.CodeHook
     sweep: Node.Sweep
     sweep_logits: Node.SweepLogits
-    def __init__(self, id: _Optional[int] = ..., run: _Optional[_Union[Node.Run, _Mapping]] = ..., read: _Optional[_Union[Node.Read, _Mapping]] = ..., write: _Optional[_Union[Node.Write, _Mapping]] = ..., constant: _Optional[_Union[Node.Constant, _Mapping]] = ..., weight: _Optional[_Union[Node.Weight, _Mapping]] = ..., index: _Optional[_Union[Node.Index, _Mapping]] = ..., binary: _Optional[_Union[Node.Binary, _Mapping]] = ..., unary: _Optional[_Union[Node.Unary, _Mapping]] = ..., reduce: _Optional[_Union[Node.Reduce, _Mapping]] = ..., gather: _Optional[_Union[Node.Gather, _Mapping]] = ..., reshape: _Optional[_Union[Node.Reshape, _Mapping]] = ..., transpose: _Optional[_Union[Node.Transpose, _Mapping]] = ..., save: _Optional[_Union[Node.Save, _Mapping]] = ..., code_hook: _Optional[_Union[Node.CodeHook, _Mapping]] = ..., sweep: _Optional[_Union[Node.Sweep, _Mapping]] = ..., sweep_logits: _Optional[_Union[Node.SweepLogits, _Mapping]] = ...) -> None: ...
+    grad: Node.Grad
+    grad_write: Node.GradWrite
+    grad_code_hook: Node.GradCodeHook
+    def __init__(self, id: _Optional[int] = ..., run: _Optional[_Union[Node.Run, _Mapping]] = ..., read: _Optional[_Union[Node.Read, _Mapping]] = ..., write: _Optional[_Union[Node.Write, _Mapping]] = ..., constant: _Optional[_Union[Node.Constant, _Mapping]] = ..., weight: _Optional[_Union[Node.Weight, _Mapping]] = ..., index: _Optional[_Union[Node.Index, _Mapping]] = ..., binary: _Optional[_Union[Node.Binary, _Mapping]] = ..., unary: _Optional[_Union[Node.Unary, _Mapping]] = ..., reduce: _Optional[_Union[Node.Reduce, _Mapping]] = ..., gather: _Optional[_Union[Node.Gather, _Mapping]] = ..., reshape: _Optional[_Union[Node.Reshape, _Mapping]] = ..., transpose: _Optional[_Union[Node.Transpose, _Mapping]] = ..., save: _Optional[_Union[Node.Save, _Mapping]] = ..., code_hook: _Optional[_Union[Node.CodeHook, _Mapping]] = ..., sweep: _Optional[_Union[Node.Sweep, _Mapping]] = ..., sweep_logits: _Optional[_Union[Node.SweepLogits, _Mapping]] = ..., grad: _Optional[_Union[Node.Grad, _Mapping]] = ..., grad_write: _Optional[_Union[Node.GradWrite, _Mapping]] = ..., grad_code_hook: _Optional[_Union[Node.GradCodeHook, _Mapping]] = ...) -> None: ...
 
 class GraphError(_message.Message):
     __slots__ = ("node_id", "field", "reason")

@@ -16,6 +16,8 @@ Nodes:
 - ``Save(input, name, dtype)``: the only values that come back.
 - ``CodeHook(run, hook, payload)``: a cloudpickled ``fn(tensor, hook=...)``, run only where allowed.
 - ``Sweep``: an activation-patching grid over layers x positions (x heads) with a metric sub-graph.
+- ``Grad(of, wrt)``: the gradient of a scalar node with respect to the activation a Read reads.
+- ``GradWrite``, ``GradCodeHook``: change the gradient flowing back through a hook (backward hooks).
 """
 
 from __future__ import annotations
@@ -263,9 +265,46 @@ class SweepLogits(Node):
     """Placeholder inside a sweep's metric sub-graph: the patched run's logits."""
 
 
+@dataclass(frozen=True)
+class Grad(Node):
+    """The gradient of ``of`` (a scalar node) with respect to the activation the Read ``wrt`` reads.
+
+    Shaped like that activation. Every Grad of one ``of`` comes from ONE backward pass; only the
+    runs holding a ``wrt`` run with autograd. A Grad's value is detached (no second order).
+    """
+
+    of: Ref
+    wrt: Ref
+
+
+@dataclass(frozen=True)
+class GradWrite(Node):
+    """A backward hook: ``set``/``add``/``mul`` part of the gradient flowing back through ``hook``.
+
+    The backward ops of a hook form a chain in node order: each sees the gradient as the ones
+    before it left it, and a Grad of a Read that comes after one of them sees its result (as
+    TransformerLens's in-place backward hooks do); the end of the chain flows to earlier hooks.
+    """
+
+    run: int
+    hook: str
+    value: Operand
+    index: tuple[IndexItem, ...] = ()
+    mode: str = "set"
+
+
+@dataclass(frozen=True)
+class GradCodeHook(Node):
+    """A cloudpickled backward hook ``fn(grad, *, hook) -> grad | None`` at ``hook`` of ``run``."""
+
+    run: int
+    hook: str
+    payload: bytes
+
+
 NODE_TYPES: tuple[type[Node], ...] = (
     Run, Read, Write, Constant, Weight, Index, Binary, Unary, Reduce, Gather, Reshape, Transpose, Save,
-    CodeHook, Sweep, SweepLogits,
+    CodeHook, Sweep, SweepLogits, Grad, GradWrite, GradCodeHook,
 )  # fmt: skip
 
 

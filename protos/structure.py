@@ -20,9 +20,19 @@ from .tensor_checks import MAX_NDIM, is_int, tensor_problems
 SWEEP_AXES = ("layer", "pos", "head")
 """A sweep's axes are a non-empty subset of these, in this order."""
 # Nodes that are effects, not tensors: a tensor operand may not refer to them.
-_NO_VALUE = (ir.Run, ir.Write, ir.CodeHook)
+_NO_VALUE = (ir.Run, ir.Write, ir.CodeHook, ir.GradWrite, ir.GradCodeHook)
 # Nodes a sweep's metric sub-graph may not hold: it is pure tensor math on the patched logits.
-_OUTER_ONLY = (ir.Run, ir.Read, ir.Write, ir.CodeHook, ir.Save, ir.Sweep)
+_OUTER_ONLY = (
+    ir.Run,
+    ir.Read,
+    ir.Write,
+    ir.CodeHook,
+    ir.Save,
+    ir.Sweep,
+    ir.Grad,
+    ir.GradWrite,
+    ir.GradCodeHook,
+)
 
 
 def check_structure(graph: ir.Graph, limits: ir.Limits | None = None) -> list[ir.GraphError]:
@@ -344,6 +354,25 @@ class _Scope:
         self.name("hook", n.hook)
         if not isinstance(n.payload, bytes):
             self.error("payload", "must be bytes")
+
+    def _Grad(self, n: ir.Grad) -> None:
+        self.tensor_ref("of", n.of)
+        if not isinstance(n.wrt, ir.Ref):
+            self.error("wrt", f"expected a Ref, got {type(n.wrt).__name__}")
+            return
+        self.ref("wrt", n.wrt.node, "value")
+        target = self.seen.get(n.wrt.node) if is_int(n.wrt.node) else None
+        if target is not None and not isinstance(target, ir.Read):
+            self.error(
+                "wrt", f"must refer to a Read (the activation to differentiate by); node {n.wrt.node} is a "
+                f"{type(target).__name__}",
+            )  # fmt: skip
+
+    def _GradWrite(self, n: ir.GradWrite) -> None:
+        self._Write(n)  # type: ignore[arg-type]  # the same fields as a Write
+
+    def _GradCodeHook(self, n: ir.GradCodeHook) -> None:
+        self._CodeHook(n)  # type: ignore[arg-type]  # the same fields as a CodeHook
 
     def _Sweep(self, n: ir.Sweep) -> None:
         self.ref("corrupted", n.corrupted, "run")

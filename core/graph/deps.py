@@ -70,7 +70,7 @@ def analyze(nodes: dict[int, ir.Node]) -> Dependencies:
         node = nodes[nid]
         if isinstance(node, ir.Run):
             add(nid, value_refs(node), nid, own_run=None)  # its own reads: a cycle, reported by validation
-        elif isinstance(node, ir.Write) and isinstance(nodes.get(node.run), ir.Run):
+        elif isinstance(node, (ir.Write, ir.GradWrite)) and isinstance(nodes.get(node.run), ir.Run):
             add(node.run, value_refs(node), nid, own_run=node.run)
         elif isinstance(node, ir.Sweep):
             deps.needs.setdefault(nid, {})

@@ -7,6 +7,7 @@ shape inference cannot drift from execution.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -192,12 +193,15 @@ class Evaluator:
         constants: dict[int, torch.Tensor],
         device: torch.device,
         parent: Evaluator | None = None,
+        grads: Callable[[ir.Grad], torch.Tensor] | None = None,
     ) -> None:
         self.model = model
         self.nodes = nodes
         self.constants = constants
         self.device = device
         self.parent = parent
+        self.grads = grads
+        """Computes Grad nodes (graphs with gradients); with it, ops are recorded for autograd."""
         self.memo: dict[int, torch.Tensor] = {}
 
     def set(self, node_id: int, value: torch.Tensor) -> None:
@@ -229,8 +233,11 @@ class Evaluator:
                 continue
             pending.add(nid)
             stack.extend(r for _, r in value_refs(self.nodes[nid]))
-        for nid in sorted(pending):
-            self.memo[nid] = self._compute(self.nodes[nid])
+        # With gradients, a metric computed inside a no-grad pass must still be differentiable later.
+        with torch.enable_grad() if self.grads is not None else contextlib.nullcontext():
+            for nid in sorted(pending):
+                if nid not in self.memo:  # a Grad may have filled its siblings
+                    self.memo[nid] = self._compute(self.nodes[nid])
         return self.memo[node_id]
 
     def _compute(self, node: ir.Node) -> torch.Tensor:
@@ -240,6 +247,8 @@ class Evaluator:
             return get_weight(self.model, node.name)
         if isinstance(node, ir.Save):
             return self.value(node.input.node)
+        if isinstance(node, ir.Grad) and self.grads is not None:
+            return self.grads(node)
         if isinstance(node, OP_NODES):
             try:
                 return compute(node, self.value, self.device)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from telelens.core.graph.evaluate import Evaluator, GraphRuntimeError
+from telelens.core.graph.gradients import Gradients, apply_with_grad, handles_grad
 from telelens.core.graph.plan import Capture, Member, Plan, RunGroup, SweepStep, make_plan
 from telelens.core.graph.sweep import run_sweep
 from telelens.core.graph.tensors import TORCH_DTYPES
@@ -44,8 +46,9 @@ def execute(
         raise ir.GraphValidationError(checked.errors)
     plan = make_plan(model, checked, batch_runs=batch_runs)
     executor = _Executor(model, checked, plan, progress)
-    # Code hooks may build autograd-aware tensors; everything else needs no autograd at all.
-    with torch.no_grad() if plan.has_code else torch.inference_mode():
+    # Code hooks may build autograd-aware tensors, and gradients need autograd-aware tensors
+    # (only their own runs record: see gradients); everything else needs no autograd at all.
+    with torch.no_grad() if plan.has_code or plan.has_grad else torch.inference_mode():
         executor.run()
         values = {}
         for save in graph.saves:
@@ -80,6 +83,8 @@ class _Executor:
         self.model, self.checked, self.plan, self.progress = model, checked, plan, progress
         self.device = model.W_E.device
         self.evaluator = Evaluator(model, checked.nodes, checked.constants, self.device)
+        if plan.has_grad:
+            self.evaluator.grads = Gradients(self.evaluator, checked.nodes)
         self.captures: dict[int, dict[int, torch.Tensor]] = {}  # sweep id -> layer -> clean activation
         self.code: dict[int, Callable[..., Any]] = {}
         self.done = 0
@@ -124,10 +129,13 @@ class _Executor:
             tokens, mask = torch.cat([t for t, _ in inputs]), None
         names = sorted({h for m in members for h in m.ops if h != ir.LOGITS})
         fwd_hooks = [(name, self._hook_fn(name, members)) for name in names]
-        with self.model.hooks(fwd_hooks=fwd_hooks):
+        with (
+            self.model.hooks(fwd_hooks=fwd_hooks),
+            torch.enable_grad() if group.needs_grad else nullcontext(),
+        ):
             out = self.model(tokens, attention_mask=mask, stop_at_layer=group.stop_at_layer)
-        if any(ir.LOGITS in m.ops for m in members):
-            self._apply(ir.LOGITS, members, out, _LOGITS_HOOK)
+            if any(ir.LOGITS in m.ops for m in members):
+                self._apply(ir.LOGITS, members, out, _LOGITS_HOOK)
         self._tick()
 
     def _hook_fn(self, name: str, members: list[Member]) -> Callable[..., torch.Tensor | None]:
@@ -139,6 +147,8 @@ class _Executor:
 
     def _apply(self, name: str, members: list[Member], act: torch.Tensor, hook: Any) -> torch.Tensor | None:
         """Run every member's ops at one hook; return the new activation if anything was written."""
+        if len(members) == 1 and handles_grad(members[0], name):
+            return apply_with_grad(self, members[0], name, act, hook)
         owned = False  # True once ``act`` is our own clone (safe to write in place)
         changed = False
         batched = len(members) > 1

@@ -27,7 +27,7 @@ def order_errors(out: CheckedGraph) -> list[ir.GraphError]:
                 _add(
                     errors, n.id, "tokens", f"the run's inputs depend on its own activations (node {own[0]})"
                 )
-        elif isinstance(n, ir.Write) and table.fires(n.hook):
+        elif isinstance(n, (ir.Write, ir.GradWrite)) and table.fires(n.hook):
             for r in sorted(deps.reads_of(value_refs(n))):
                 read = nodes[r]
                 assert isinstance(read, ir.Read)

@@ -9,6 +9,9 @@
   its own rows.
 - Hook placement: hooks go only on points the graph reads, writes, code-hooks or a sweep
   patches from. Ops at one hook run in node order; a sweep's capture comes last.
+- Gradients: a run holding a Grad's ``wrt`` runs alone, with autograd (see ``gradients``); its
+  backward hooks go on its hooks like writes. Other runs drop their backward hooks: no
+  gradient ever flows through them.
 - Early stop: a pass that reads (or code-hooks) nothing after block L stops there
   (``stop_at_layer=L+1``), skipping the later blocks, the final norm and the unembedding;
   writes after that point could not change anything read, so they are skipped too.
@@ -20,7 +23,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
-from telelens.core.graph.refs import metric_outer_refs, value_refs
+from telelens.core.graph.gradients import grad_reads
+from telelens.core.graph.refs import BACKWARD_NODES, metric_outer_refs, value_refs
 from telelens.core.graph.sweep import SweepGeometry
 from telelens.core.graph.validate import CheckedGraph, RunShape
 from telelens.protos import ir
@@ -37,7 +41,7 @@ class Capture:
     layer: int
 
 
-HookOp: TypeAlias = "ir.Read | ir.Write | ir.CodeHook | Capture"
+HookOp: TypeAlias = "ir.Read | ir.Write | ir.CodeHook | ir.GradWrite | ir.GradCodeHook | Capture"
 
 
 @dataclass
@@ -51,6 +55,8 @@ class Member:
     rows: slice = field(default_factory=lambda: slice(None))
     """This run's rows of the batched pass."""
     has_code: bool = False
+    grad_reads: set[int] = field(default_factory=set)
+    """Reads some needed Grad differentiates by: the run runs with autograd when there are any."""
 
 
 @dataclass
@@ -59,6 +65,10 @@ class RunGroup:
 
     members: list[Member]
     stop_at_layer: int | None
+
+    @property
+    def needs_grad(self) -> bool:
+        return any(m.grad_reads for m in self.members)
 
 
 @dataclass
@@ -76,6 +86,7 @@ class Plan:
     n_passes: int
     """Forward passes in all: one per group, one per sweep cell (for progress reports)."""
     has_code: bool
+    has_grad: bool = False
 
 
 def make_plan(model: HookedTransformer, checked: CheckedGraph, batch_runs: bool = True) -> Plan:
@@ -87,7 +98,10 @@ def make_plan(model: HookedTransformer, checked: CheckedGraph, batch_runs: bool 
         n = nodes[nid]
         if isinstance(n, (ir.Write, ir.CodeHook)) or (isinstance(n, ir.Read) and nid in needed):
             hooked[n.run].append(n)
-    members = {rid: _member(checked, rid, hooked[rid], sweeps) for rid in sorted(executed)}
+        elif isinstance(n, BACKWARD_NODES):
+            hooked[n.run].append(n)  # type: ignore[attr-defined]
+    targets = grad_reads(nodes, needed)
+    members = {rid: _member(checked, rid, hooked[rid], sweeps, targets[rid]) for rid in sorted(executed)}
 
     units = executed | sweeps
     levels = _levels(units, {u: set(checked.deps.needs.get(u, {})) & units for u in units})
@@ -97,7 +111,9 @@ def make_plan(model: HookedTransformer, checked: CheckedGraph, batch_runs: bool 
         for u in sorted(u for u in units if levels[u] == level):
             if u in members:
                 m = members[u]
-                batchable = batch_runs and not m.has_code and m.run.attention_mask is None
+                batchable = (
+                    batch_runs and not m.has_code and not m.grad_reads and m.run.attention_mask is None
+                )
                 batchable = batchable and m.shape.attention_mask is None
                 batches[("pos", m.shape.pos) if batchable else ("run", u)].append(m)
         for group in batches.values():
@@ -108,15 +124,15 @@ def make_plan(model: HookedTransformer, checked: CheckedGraph, batch_runs: bool 
             steps.append(SweepStep(sweep, checked.sweeps[u]))
     n_passes = sum(1 if isinstance(s, RunGroup) else s.geometry.n_cells for s in steps)
     has_code = any(m.has_code for m in members.values())
-    return Plan(steps, n_passes, has_code)
+    return Plan(steps, n_passes, has_code, has_grad=any(m.grad_reads for m in members.values()))
 
 
 def _liveness(checked: CheckedGraph) -> tuple[set[int], set[int], set[int]]:
     """(needed value nodes, runs to execute, sweeps to run), following refs back from the Saves."""
     nodes = checked.nodes
-    writes: dict[int, list[ir.Write]] = defaultdict(list)
+    writes: dict[int, list[ir.Write | ir.GradWrite]] = defaultdict(list)
     for n in nodes.values():
-        if isinstance(n, ir.Write):
+        if isinstance(n, (ir.Write, ir.GradWrite)):
             writes[n.run].append(n)
     needed: set[int] = set()
     executed: set[int] = set()
@@ -150,14 +166,18 @@ def _liveness(checked: CheckedGraph) -> tuple[set[int], set[int], set[int]]:
     return needed, executed, sweeps
 
 
-def _member(checked: CheckedGraph, rid: int, hooked: list[HookOp], sweeps: set[int]) -> Member:
+def _member(
+    checked: CheckedGraph, rid: int, hooked: list[HookOp], sweeps: set[int], grad_reads: set[int]
+) -> Member:
     run = checked.nodes[rid]
     assert isinstance(run, ir.Run)
-    m = Member(run=run, shape=checked.runs[rid])
+    m = Member(run=run, shape=checked.runs[rid], grad_reads=set(grad_reads))
     for n in hooked:
         assert not isinstance(n, Capture)
+        if isinstance(n, BACKWARD_NODES) and not grad_reads:
+            continue  # no gradient of this run is asked for: no backward pass goes through it
         m.ops.setdefault(n.hook, []).append(n)
-        m.has_code = m.has_code or isinstance(n, ir.CodeHook)
+        m.has_code = m.has_code or isinstance(n, (ir.CodeHook, ir.GradCodeHook))
     for sid in sorted(sweeps):
         sweep = checked.nodes[sid]
         assert isinstance(sweep, ir.Sweep)
@@ -196,7 +216,7 @@ def _group(model: HookedTransformer, checked: CheckedGraph, members: list[Member
             table.layer(h)
             for m in members
             for h, ops in m.ops.items()
-            if any(not isinstance(o, ir.Write) for o in ops)
+            if any(not isinstance(o, (ir.Write, *BACKWARD_NODES)) for o in ops)
         ),
         default=-1,
     )

@@ -8,12 +8,14 @@ OP_NODES: tuple[type[ir.Node], ...] = (
     ir.Index, ir.Binary, ir.Unary, ir.Reduce, ir.Gather, ir.Reshape, ir.Transpose,
 )  # fmt: skip
 VALUE_NODES: tuple[type[ir.Node], ...] = (
-    ir.Read, ir.Constant, ir.Weight, ir.Save, ir.Sweep, ir.SweepLogits, *OP_NODES,
+    ir.Read, ir.Constant, ir.Weight, ir.Save, ir.Sweep, ir.SweepLogits, ir.Grad, *OP_NODES,
 )  # fmt: skip
 """Nodes whose value a Ref may use (a Save's value is its input's)."""
 METRIC_NODES: tuple[type[ir.Node], ...] = (ir.Constant, ir.Weight, ir.SweepLogits, *OP_NODES)
 """Nodes allowed inside a sweep's metric sub-graph."""
-HOOK_NODES: tuple[type[ir.Node], ...] = (ir.Read, ir.Write, ir.CodeHook)
+HOOK_NODES: tuple[type[ir.Node], ...] = (ir.Read, ir.Write, ir.CodeHook, ir.GradWrite, ir.GradCodeHook)
+BACKWARD_NODES: tuple[type[ir.Node], ...] = (ir.GradWrite, ir.GradCodeHook)
+"""Backward hooks: they act on the gradient flowing back through a hook, not on the activation."""
 
 
 def index_refs(items: tuple[ir.IndexItem, ...], field: str = "index") -> list[tuple[str, int]]:
@@ -25,7 +27,7 @@ def value_refs(node: ir.Node) -> list[tuple[str, int]]:
     refs: list[tuple[str, object]] = []
     if isinstance(node, ir.Run):
         refs = [("tokens", node.tokens), ("attention_mask", node.attention_mask)]
-    elif isinstance(node, ir.Write):
+    elif isinstance(node, (ir.Write, ir.GradWrite)):
         value = [("value", node.value.node)] if isinstance(node.value, ir.Ref) else []
         return value + index_refs(node.index)
     elif isinstance(node, ir.Index):
@@ -36,13 +38,15 @@ def value_refs(node: ir.Node) -> list[tuple[str, int]]:
         refs = [("input", node.input)]
     elif isinstance(node, ir.Gather):
         refs = [("input", node.input), ("index", node.index)]
+    elif isinstance(node, ir.Grad):
+        refs = [("of", node.of), ("wrt", node.wrt)]
     return [(f, r.node) for f, r in refs if isinstance(r, ir.Ref)]
 
 
 def run_refs(node: ir.Node) -> list[tuple[str, int]]:
     """``(field, node id)`` of every run this node hooks or patches."""
-    if isinstance(node, (ir.Read, ir.Write, ir.CodeHook)):
-        return [("run", node.run)]
+    if isinstance(node, HOOK_NODES):
+        return [("run", node.run)]  # type: ignore[attr-defined]
     if isinstance(node, ir.Sweep):
         return [("clean", node.clean), ("corrupted", node.corrupted)]
     return []

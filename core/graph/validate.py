@@ -19,6 +19,7 @@ import torch
 
 from telelens.core.graph.deps import Dependencies, analyze
 from telelens.core.graph.evaluate import compute, short_reason
+from telelens.core.graph.gradients import grad_meta, gradient_errors
 from telelens.core.graph.graph_checks import order_errors, total_errors
 from telelens.core.graph.hooks import HookTable, hook_error, hook_shape, hook_table
 from telelens.core.graph.indexing import BadIndex, check_index
@@ -128,7 +129,9 @@ class _ModelChecker:
             except Exception as e:  # a bug in a check must not hide the graph's other errors
                 self.err(nid, "", f"could not be checked: {short_reason(e)}")
         self.out.deps = analyze(nodes)
-        self.out.errors += order_errors(self.out) + total_errors(self.out, self.limits)
+        self.out.errors += (
+            order_errors(self.out) + gradient_errors(self.out) + total_errors(self.out, self.limits)
+        )
         return self.out
 
     # ------------------------------------------------------------------ per node
@@ -151,9 +154,14 @@ class _ModelChecker:
             act = self._activation(node, node.run, node.hook)
             if act is not None:
                 scope.meta[node.id] = act
-        elif isinstance(node, ir.Write):
-            self._write(node, scope)
-        elif isinstance(node, ir.CodeHook):
+        elif isinstance(node, (ir.Write, ir.GradWrite)):
+            self._write(node, scope)  # type: ignore[arg-type]  # a GradWrite has a Write's fields
+        elif isinstance(node, ir.Grad):
+            meta = grad_meta(node, scope.get_meta)
+            if isinstance(meta, tuple):
+                return self.err(node.id, *meta)
+            scope.meta[node.id] = meta
+        elif isinstance(node, (ir.CodeHook, ir.GradCodeHook)):
             self._activation(node, node.run, node.hook)
             if not self.limits.allow_code:
                 self.err(
