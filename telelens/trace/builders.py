@@ -19,6 +19,7 @@ import torch
 
 from telelens.protos import ir
 from telelens.trace.backend import GraphBackend
+from telelens.trace.backward import add_backward_hooks, add_cache_grads
 from telelens.trace.graph import GraphBuilder, UnknownHookError, hook_suggestions
 from telelens.trace.ops import HookOp, Metric
 from telelens.trace.ops import python as python_op
@@ -149,28 +150,50 @@ def build_run_with_cache_graph(
     dtype: str | torch.dtype | None = None,
     cfg: Any = None,
     to_tokens: Callable[..., torch.Tensor] | None = None,
+    incl_bwd: bool = False,
+    bwd_hooks: Sequence[tuple[str | Callable[[str], bool], Any]] = (),
+    allow_code: bool = False,
 ) -> tuple[ir.Graph, OutputMap]:
     """One run, a Save per selected hook (named after the hook) and the output.
 
     ``return_type`` is the model output as in TransformerLens ("logits", "loss", None);
     ``return_logits=False`` is the same as ``return_type=None``. ``pos_slice`` and
     ``remove_batch_dim`` are applied before the Save, so only the slice travels; ``dtype``
-    casts every cached activation on the executor.
+    casts every cached activation on the executor. ``incl_bwd=True`` (the output must be the
+    scalar loss) also caches ``<hook>_grad``, the loss's gradient at each cached hook, from one
+    backward pass on the executor, with ``bwd_hooks`` (backward hooks) acting on it.
     """
     if not return_logits:
         return_type = None
+    if incl_bwd and return_type != "loss":
+        raise ValueError(
+            "incl_bwd=True differentiates the output, which must be a scalar: pass return_type='loss'"
+        )
     builder, run, tokens = _start(
-        input, hook_names, cfg, False, prepend_bos, attention_mask, return_type, to_tokens
+        input, hook_names, cfg, allow_code, prepend_bos, attention_mask, return_type, to_tokens
     )
+    add_backward_hooks(builder, run, bwd_hooks, lambda f: resolve_names_filter(f, hook_names))
     cache: dict[str, str] = {}
-    for hook in resolve_names_filter(names_filter, hook_names):
-        value: ValueProxy = run[hook]
+    reads: dict[str, int] = {}
+
+    def shape(hook: str, value: ValueProxy) -> ValueProxy:
         if remove_batch_dim:
             value = value[0]
         if pos_slice is not None:
             value = value[_pos_index(hook, pos_slice, remove_batch_dim)]
-        cache[save(builder, value, hook, dtype).name] = hook
-    output = _output(builder, run, return_type, tokens)
+        return value
+
+    for hook in resolve_names_filter(names_filter, hook_names):
+        reads[hook] = run[hook].node_id
+        cache[save(builder, shape(hook, run[hook]), hook, dtype).name] = hook
+    if incl_bwd:
+        assert tokens is not None
+        loss = _loss(run, tokens)
+        output: str | None = save(builder, loss, "loss").name
+        for name, grad in add_cache_grads(builder, loss, reads, shape).items():
+            cache[save(builder, grad, name, dtype).name] = name
+    else:
+        output = _output(builder, run, return_type, tokens)
     return builder.graph(), OutputMap(output, cache)
 
 
@@ -200,11 +223,14 @@ def build_run_with_hooks_graph(
     allow_code: bool = False,
     cfg: Any = None,
     to_tokens: Callable[..., torch.Tensor] | None = None,
+    bwd_hooks: Sequence[tuple[str | Callable[[str], bool], Any]] = (),
 ) -> tuple[ir.Graph, OutputMap]:
     """One run with each ``(name_or_filter, op)`` applied, returning the output or ``metric``.
 
     Ops at one hook apply in the order given (as TransformerLens runs hooks). With a
     ``metric`` (from :mod:`telelens.trace.ops`) only its value comes back, not the logits.
+    ``bwd_hooks`` become backward-hook nodes: they act on gradients the graph asks for, and
+    no gradient is asked for here (a backward hook cannot change the output).
     """
     builder, run, tokens = _start(
         input,
@@ -221,6 +247,7 @@ def build_run_with_hooks_graph(
         names = [target] if isinstance(target, str) else resolve_names_filter(target, hook_names)
         for hook in names:
             op.to_nodes(builder, run, hook)
+    add_backward_hooks(builder, run, bwd_hooks, lambda f: resolve_names_filter(f, hook_names))
     if metric is not None:
         if not isinstance(metric, Metric):
             raise TypeError("metric must be a metric from telelens.trace.ops (logit_diff, logit, log_prob)")
@@ -247,20 +274,25 @@ def run_with_cache(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     incl_bwd: bool = False,
+    bwd_hooks: Sequence[tuple[str | Callable[[str], bool], Any]] = (),
+    allow_code: bool = False,
     **ignored: Any,
 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """``(output, {hook: activation})`` like ``HookedTransformer.run_with_cache`` (wrap the dict in
     an ActivationCache yourself). ``reset_hooks_end``/``clear_contexts`` are accepted and ignored:
-    a graph leaves no hooks behind."""
-    if incl_bwd:
-        raise NotImplementedError("incl_bwd: gradients are not part of the intervention graph")
+    a graph leaves no hooks behind.
+
+    ``incl_bwd=True`` (with ``return_type="loss"``) adds ``<hook>_grad`` entries as TransformerLens
+    does: the executor runs the backward pass of the loss (the client could not call ``.backward()``
+    on a remote result) and only the cached gradients travel back. ``bwd_hooks`` (declarative ops,
+    or functions with ``allow_code=True``) act on those gradients during that backward pass."""
     _check_ignored(ignored, "run_with_cache")
     graph, outputs = build_run_with_cache_graph(
         input, names_filter, backend.hook_names, return_type=return_type, prepend_bos=prepend_bos,
         attention_mask=attention_mask, pos_slice=pos_slice, remove_batch_dim=remove_batch_dim, dtype=dtype,
-        **_backend_parts(backend),
+        incl_bwd=incl_bwd, bwd_hooks=bwd_hooks, allow_code=allow_code, **_backend_parts(backend),
     )  # fmt: skip
-    return outputs(backend.execute(graph, allow_code=False), device=device)
+    return outputs(backend.execute(graph, allow_code=allow_code), device=device)
 
 
 def run_with_hooks(
@@ -277,13 +309,15 @@ def run_with_hooks(
     **ignored: Any,
 ) -> torch.Tensor | None:
     """The output (logits, loss, the ``metric``, or None) with ``fwd_hooks`` applied, like
-    ``HookedTransformer.run_with_hooks``; ``reset_hooks_end``/``clear_contexts`` are ignored."""
-    if bwd_hooks:
-        raise NotImplementedError("bwd_hooks: gradients are not part of the intervention graph")
+    ``HookedTransformer.run_with_hooks``; ``reset_hooks_end``/``clear_contexts`` are ignored.
+
+    ``bwd_hooks`` are checked and compiled, but a backward hook cannot change the output and the
+    client cannot call ``.backward()`` on a remote result: to see gradients, ask for them in the
+    same call (``run_with_cache(..., incl_bwd=True, bwd_hooks=...)``, or ``.grad`` in a trace)."""
     _check_ignored(ignored, "run_with_hooks")
     graph, outputs = build_run_with_hooks_graph(
         input, fwd_hooks, backend.hook_names, return_type=return_type, metric=metric, prepend_bos=prepend_bos,
-        attention_mask=attention_mask, allow_code=allow_code, **_backend_parts(backend),
+        attention_mask=attention_mask, allow_code=allow_code, bwd_hooks=bwd_hooks, **_backend_parts(backend),
     )  # fmt: skip
     return outputs(backend.execute(graph, allow_code=allow_code))[0]
 

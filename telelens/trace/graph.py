@@ -66,6 +66,7 @@ class GraphBuilder:
         self._reads: dict[tuple[int, str], int] = {}  # (run, hook) -> latest Read still valid
         self._save_names: set[str] = set()
         self.handles: list[Any] = []  # Saved handles, filled after execution
+        self.backward_of: int | None = None  # the metric of the latest ``metric.backward()``
         self.frozen = False
 
     # ------------------------------------------------------------------ nodes
@@ -142,6 +143,32 @@ class GraphBuilder:
 
         node_id = self.add(ir.CodeHook, run=run, hook=hook, payload=cloudpickle.dumps(fn))
         self._reads.pop((run, hook), None)
+        return node_id
+
+    # ------------------------------------------------------------------ gradients
+    def grad(self, of: ir.Ref, wrt_read: int) -> int:
+        """A Grad node: the gradient of scalar ``of`` with respect to what Read ``wrt_read`` reads."""
+        if not isinstance(self.node(wrt_read), ir.Read):
+            raise TypeError("a gradient is taken with respect to an activation: run[hook] (a Read)")
+        return self.add(ir.Grad, of=of, wrt=ir.Ref(wrt_read))
+
+    def grad_write(
+        self, run: int, hook: str, value: ir.Operand, index: tuple[ir.IndexItem, ...], mode: str
+    ) -> int:
+        """A backward hook writing into the gradient that flows back through ``hook``."""
+        if mode not in ir.WRITE_MODES:
+            raise ValueError(f"write mode must be one of {ir.WRITE_MODES}, got {mode!r}")
+        self.check_hook(hook)
+        node_id = self.add(ir.GradWrite, run=run, hook=hook, value=value, index=index, mode=mode)
+        self._reads.pop((run, hook), None)  # a later gradient of this hook must see this write
+        return node_id
+
+    def grad_code_hook(self, run: int, hook: str, fn: Any) -> int:
+        """A backward hook running ``fn(grad, hook=...)``; needs ``allow_code=True``."""
+        node_id = self.code_hook(run, hook, fn)  # the same permission and checks as a forward one
+        node = self.nodes.pop()
+        assert isinstance(node, ir.CodeHook) and node.id == node_id
+        self.nodes.append(ir.GradCodeHook(id=node_id, run=run, hook=hook, payload=node.payload))
         return node_id
 
     def save(self, value: ir.Ref, name: str | None, dtype: str | None) -> str:

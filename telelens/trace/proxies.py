@@ -144,6 +144,14 @@ class HookProxy(ValueProxy):
         """Apply a declarative hook op here: ``run[hook].apply(ops.zero_ablate(head=3))``."""
         op.to_nodes(self._builder, self.run, self.hook)
 
+    @property
+    def grad(self) -> Any:
+        """The gradient at this activation (a ``GradProxy``): of the metric given to ``metric.backward()``
+        when used as a value; ``.grad[idx] = v`` / ``.grad.apply(op)`` add backward hooks."""
+        from telelens.trace.backward import GradProxy
+
+        return GradProxy(self)
+
 
 def _assign(target: HookProxy, raw_index: Any, value: Any) -> None:
     """``target[raw_index] = value``: one Write, folded to add/mul for ``+=``, ``-=``, ``*=``."""

@@ -135,6 +135,14 @@ class Tracer:
             raise TypeError("code_hook(run, hook, fn): run is what t.run(...) returned")
         self.builder.code_hook(run.id, hook, fn)
 
+    def grad(self, of: Any, wrt: HookProxy) -> ValueProxy:
+        """The gradient of scalar ``of`` with respect to activation ``wrt`` (``run[hook]``), computed on
+        the executor; every gradient of one ``of`` shares one backward pass (``metric.backward()``
+        then ``run[hook].grad`` is the nnsight-style spelling)."""
+        from telelens.trace.backward import grad_of
+
+        return grad_of(self.builder, of, wrt)
+
     def apply(self, run: RunProxy, hook: str, op: Any) -> None:
         """Apply a declarative op from :mod:`telelens.trace.ops` at ``hook`` of ``run``."""
         HookProxy(run, hook).apply(op)

@@ -253,6 +253,16 @@ class ValueProxy(TensorMethods):
     def __imul__(self, other: Any) -> ValueProxy:
         return self._inplace_op("mul", "mul", other)
 
+    # -- gradients
+    def backward(self) -> Any:
+        """nnsight style: this scalar becomes the metric that later ``run[hook].grad`` differentiate.
+
+        Nothing runs now: the executor runs the backward pass (see :mod:`telelens.trace.backward`).
+        """
+        from telelens.trace.backward import start_backward
+
+        return start_backward(self)
+
     # -- results
     def save(self, name: str | None = None, dtype: str | torch.dtype | None = None) -> Saved:
         """Same as ``t.save(self, name, dtype)``."""
