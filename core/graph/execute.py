@@ -169,6 +169,7 @@ class _Executor:
                         view = act[m.rows] if batched else act
                     self._write(op, view, value)
                 else:
+                    assert isinstance(op, ir.CodeHook), "backward hooks: see gradients"
                     assert not batched, "runs with code hooks are never batched"
                     if not owned:
                         act, owned, changed = act.clone(), True, True

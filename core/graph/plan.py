@@ -96,10 +96,10 @@ def make_plan(model: HookedTransformer, checked: CheckedGraph, batch_runs: bool 
     hooked: dict[int, list[HookOp]] = defaultdict(list)  # run id -> its hook nodes, in node order
     for nid in sorted(nodes):
         n = nodes[nid]
-        if isinstance(n, (ir.Write, ir.CodeHook)) or (isinstance(n, ir.Read) and nid in needed):
+        if isinstance(n, (ir.Write, ir.CodeHook, ir.GradWrite, ir.GradCodeHook)) or (
+            isinstance(n, ir.Read) and nid in needed
+        ):
             hooked[n.run].append(n)
-        elif isinstance(n, BACKWARD_NODES):
-            hooked[n.run].append(n)  # type: ignore[attr-defined]
     targets = grad_reads(nodes, needed)
     members = {rid: _member(checked, rid, hooked[rid], sweeps, targets[rid]) for rid in sorted(executed)}
 

@@ -50,7 +50,8 @@ def _autograd(
     with model.hooks(fwd_hooks=[(h, keep) for h in hooks]):
         logits = model(tokens)
     metric(logits).backward()
-    return {h: acts[h].grad for h in hooks}
+    grads = {h: acts[h].grad for h in hooks}
+    return {h: g for h, g in grads.items() if g is not None}
 
 
 def _metric(logits: Any) -> Any:
