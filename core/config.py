@@ -164,6 +164,19 @@ class HookedTransformerConfig:
         return d
 
     @classmethod
+    def unwrap(cls, config: dict[str, Any] | Any) -> HookedTransformerConfig:
+        """A config from a config or a dict, as TransformerLens's components take either.
+
+        A dict goes through :meth:`from_dict`; an instance comes back as is; any other
+        config-like object (with ``to_dict``) is converted through its dict.
+        """
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        if isinstance(config, cls):
+            return config
+        return cls.from_dict(config.to_dict())
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HookedTransformerConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
         known = {f.name for f in dataclasses.fields(cls)}
