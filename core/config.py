@@ -135,7 +135,7 @@ class HookedTransformerConfig:
     default_padding_side: str = "right"
     """Padding side for batched string inputs."""
     final_rms: bool = False
-    """The final norm is RMS; follows normalization_type (True with "LN"/"LNPre" is refused)."""
+    """TL's "RMS final norm on an LN model"; refused as True with "LN"/"LNPre" (RMS models' final norm is RMS)."""
     seed: int | None = None
     """Seed: set in torch, random and numpy when the config is made (as TL does), and for the weights."""
     init_mode: str = "gpt2"
@@ -223,7 +223,6 @@ class HookedTransformerConfig:
         if self.attn_scale == -1.0:
             # use_attn_scale=False divides by one, which is what not scaling means.
             self.attn_scale = float(self.d_head) ** 0.5 if self.use_attn_scale else 1.0
-        self.final_rms = self.normalization_type in ("RMS", "RMSPre")
         from telelens.lens.surface import block_param_count
 
         self.n_params = block_param_count(self)
