@@ -51,12 +51,13 @@ class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
         init_weights: bool = True,
     ) -> None:
         super().__init__()
-        if isinstance(cfg, dict):
-            cfg = HookedTransformerConfig(**cfg)
+        cfg = HookedTransformerConfig.unwrap(cfg)
         self.cfg = cfg
         self.tokenizer: Any = None
         if tokenizer is not None:
             self.set_tokenizer(tokenizer, default_padding_side=default_padding_side)
+        elif cfg.d_vocab == -1:
+            raise ValueError("Must provide a tokenizer if d_vocab is not provided (cfg.d_vocab=-1)")
         self.cfg.default_padding_side = default_padding_side
 
         if cfg.use_hook_tokens:
@@ -75,7 +76,7 @@ class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
         self.unembed = Unembed(cfg)
         if cfg.tie_word_embeddings:
             self.unembed.weight = self.embed.W_E  # one tensor, two names
-        if init_weights:
+        if init_weights and cfg.init_weights:
             self.init_weights()
         self.setup()
         if move_to_device:
@@ -107,6 +108,11 @@ class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
         tokenizer.padding_side = default_padding_side
         self.tokenizer = tokenizer
         self.cfg.default_padding_side = default_padding_side
+        # d_vocab=-1 means "the tokenizer's": its largest id + 1, as TransformerLens infers it.
+        if self.cfg.d_vocab == -1:
+            self.cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
+        if self.cfg.d_vocab_out == -1:
+            self.cfg.d_vocab_out = self.cfg.d_vocab
 
     # ------------------------------------------------------------------ devices
     def move_model_modules_to_device(self) -> None:

@@ -1,7 +1,9 @@
 """Small TransformerLens-compatible helpers (``transformer_lens.utils`` names and semantics).
 
-Sections: tensors, devices, activation names, slices. Keep each helper small and
-dependency-free (torch + numpy); model-level helpers belong in their own sections.
+Sections here: tensors, devices, activation names, slices, exploration. By topic elsewhere,
+re-exported here so ``telelens.utils`` has every public name of TransformerLens 3.9's
+``utils``: weight initialisation (:mod:`.utils_init`), losses/activations/sampling
+(:mod:`.utils_lm`), tokenizers and datasets (:mod:`.utils_tokens`). Torch + numpy only.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import torch
 
+from telelens.lens import utils_init, utils_lm, utils_tokens
+from telelens.lens.utils_init import *  # noqa: F403
+from telelens.lens.utils_lm import *  # noqa: F403
+from telelens.lens.utils_tokens import *  # noqa: F403
+
 __all__ = [
+    *utils_init.__all__,
+    *utils_lm.__all__,
+    *utils_tokens.__all__,
     "Slice",
     "SliceInput",
     "as_slice",
