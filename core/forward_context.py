@@ -112,7 +112,11 @@ def attention_context(
         if previous is not None:
             new = attention_mask if attention_mask is not None else torch.ones(batch, q_len, dtype=torch.long)
             attention_mask = torch.cat((previous.to(device), new.to(device)), dim=1)
-        full = attention_mask if attention_mask is not None else torch.ones(batch, past + q_len, dtype=torch.long)
+        full = (
+            attention_mask
+            if attention_mask is not None
+            else torch.ones(batch, past + q_len, dtype=torch.long)
+        )
         if not getattr(past_kv_cache, "frozen", False):
             past_kv_cache.previous_attention_mask = full.to(device)
     mask, positions = mask_and_positions(batch, q_len, past, attention_mask, device)

@@ -61,11 +61,15 @@ def mask_and_positions(
         return mask[:, None], positions  # [batch, 1, query_pos, key_pos]
     positions = torch.arange(past, past + q_len, device=device)[None]  # [1, pos]
     if causal and past and q_len > 1:
-        return torch.ones(q_len, past + q_len, dtype=torch.bool, device=device).tril(past)[None, None], positions
+        return torch.ones(q_len, past + q_len, dtype=torch.bool, device=device).tril(past)[
+            None, None
+        ], positions
     return None, positions
 
 
-def with_additive_mask(ctx: AttentionContext, additive: torch.Tensor, q_len: int, k_len: int) -> AttentionContext:
+def with_additive_mask(
+    ctx: AttentionContext, additive: torch.Tensor, q_len: int, k_len: int
+) -> AttentionContext:
     """``ctx`` with TransformerLens's ``additive_attention_mask`` [batch, 1, 1, key_pos] folded into
     a float mask (0 where allowed, -inf where masked, plus ``additive``)."""
     device = additive.device

@@ -50,7 +50,9 @@ def _report(errors: list[str], args: tuple[Any, ...]) -> None:
         args[4].extend(errors)  # _load_from_state_dict's error_msgs
 
 
-def load_tl_attention_names(module: Any, state_dict: dict[str, Any], prefix: str, *args: Any) -> dict[str, Any]:
+def load_tl_attention_names(
+    module: Any, state_dict: dict[str, Any], prefix: str, *args: Any
+) -> dict[str, Any]:
     """``W_Q``/``W_K``/``W_V`` [head_index, d_model, d_head] (``_W_K``/``_W_V`` under GQA), their
     biases, ``W_O`` [head_index, d_head, d_model] and ``b_O`` -> ``qkv_weight``/``qkv_bias``/
     ``o_weight``/``o_bias``."""

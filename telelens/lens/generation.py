@@ -118,7 +118,9 @@ def generation_loop(
     if return_type not in RETURN_TYPES:
         raise ValueError(f"return_type must be one of {list(RETURN_TYPES)}, got {return_type!r}")
     if isinstance(input, torch.Tensor) and input.is_floating_point():
-        raise NotImplementedError("generate from embeddings [batch, pos, d_model] is not supported; pass tokens")
+        raise NotImplementedError(
+            "generate from embeddings [batch, pos, d_model] is not supported; pass tokens"
+        )
     input_was_text = isinstance(input, (str, list, tuple))
     if isinstance(input, torch.Tensor):
         tokens = input if input.dim() == 2 else input[None]

@@ -121,7 +121,8 @@ def test_parameter_names_and_shapes_are_transformer_lens() -> None:
     assert components.Embed(cfg).W_E.shape == (10, 16) and components.PosEmbed(cfg).W_pos.shape == (8, 16)
     unembed = components.Unembed(cfg)
     assert unembed.W_U.shape == (16, 10) and unembed.b_U.shape == (10,)
-    assert LayerNorm(cfg).w.shape == LayerNorm(cfg).b.shape == (16,) and LayerNorm(cfg, length=32).w.shape == (32,)  # type: ignore[union-attr]
+    ln, ln_mlp = LayerNorm(cfg), LayerNorm(cfg, length=32)
+    assert ln.b is not None and ln.w.shape == ln.b.shape == (16,) and ln_mlp.w.shape == (32,)
     assert RMSNorm(cfg).b is None
     assert {"hook_q", "hook_k", "hook_v", "hook_z", "hook_attn_scores", "hook_pattern", "hook_result"} <= {
         n for n, _ in attn.named_modules()
