@@ -21,7 +21,8 @@ __all__ = ["forward_step", "sample_logits"]
 
 def forward_step(model: HookedTransformer, use_past_kv_cache: bool = True) -> StepFn:
     """One generation step of ``model``; with ``use_past_kv_cache`` each step runs only the new tokens."""
-    cache = HookedTransformerKeyValueCache.init_cache(model.cfg) if use_past_kv_cache else None
+    device = model._module_device(model.embed)
+    cache = HookedTransformerKeyValueCache.init_cache(model.cfg, device) if use_past_kv_cache else None
 
     def step(
         all_tokens: torch.Tensor,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from telelens.core import devices
-from telelens.core.components import BlockList, Embed, Norm, PosEmbed, Rotary, TransformerBlock, Unembed
+from telelens.core.components import BlockList, Embed, PosEmbed, Rotary, TransformerBlock, Unembed, make_norm
 from telelens.core.components.attention import AttentionContext
 from telelens.core.config import HookedTransformerConfig
 from telelens.core.forward_context import HookedTransformerKeyValueCache, attention_context
@@ -72,7 +72,7 @@ class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
         self.blocks = BlockList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
         # A tied model keeps its final norm weights when the blocks' norms are folded.
         final_kind = cfg.extra.get("ln_final_kind", cfg.normalization_type)
-        self.ln_final = Norm(cfg, kind=final_kind) if final_kind is not None else None
+        self.ln_final = make_norm(cfg, kind=final_kind) if final_kind is not None else None
         self.unembed = Unembed(cfg)
         if cfg.tie_word_embeddings:
             self.unembed.weight = self.embed.W_E  # one tensor, two names
@@ -226,7 +226,7 @@ class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         if hasattr(self, "pos_embed"):
             positions = positions.expand(tokens.shape[0], -1)  # TransformerLens shape: [batch, pos]
-            resid = embed + self.hook_pos_embed(self.pos_embed(positions))
+            resid = embed + self.hook_pos_embed(self.pos_embed.embed_positions(positions))
         else:
             resid = embed
         return resid, tokens, ctx, attention_mask
@@ -281,7 +281,7 @@ class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
             if dev not in ctx_by_device:
                 ctx_by_device[dev] = ctx.to(dev)
             cache_entry = past_kv_cache.entries[layer] if past_kv_cache is not None else None
-            resid = block(resid, ctx=ctx_by_device[dev], kv_cache=cache_entry)
+            resid = block(resid, past_kv_cache_entry=cache_entry, ctx=ctx_by_device[dev])
         if stop_at_layer is not None:
             return resid
 

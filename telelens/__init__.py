@@ -19,6 +19,8 @@ _LAZY = {
     "HookedTransformer": "telelens.core.hooked_transformer",
     "HookedTransformerConfig": "telelens.core.config",
     "HookedTransformerKeyValueCache": "telelens.core.hooked_transformer",
+    "TransformerLensKeyValueCache": "telelens.core.forward_context",
+    "TransformerLensKeyValueCacheEntry": "telelens.core.forward_context",
     "ActivationCache": "telelens.lens.activation_cache",
     "FactoredMatrix": "telelens.lens.factored_matrix",
     "HookPoint": "telelens.core.hook_points",
@@ -26,6 +28,7 @@ _LAZY = {
     "connect": "telelens.client",
 }
 _LAZY_MODULES = {
+    "components": "telelens.components",
     "utils": "telelens.utils",
     "patching": "telelens.patching",
     "head_detector": "telelens.head_detector",

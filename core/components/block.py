@@ -1,4 +1,9 @@
-"""One transformer block: sequential (GPT-2, LLaMA) or parallel attention + MLP (GPT-NeoX)."""
+"""One transformer block: sequential (GPT-2, LLaMA) or parallel attention + MLP (GPT-NeoX).
+
+Built as TransformerLens builds it (``TransformerBlock(cfg_or_dict, block_index)``), it runs alone
+with TransformerLens's ``forward(resid_pre, shortformer_pos_embed, past_kv_cache_entry,
+attention_mask)``; inside a model it receives the pass's :class:`AttentionContext` as ``ctx``.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ from typing import cast, overload
 import torch
 from torch import nn
 
-from telelens.core.components.attention import Attention, AttentionContext, LayerKVCache
-from telelens.core.components.mlp import MLP
-from telelens.core.components.norm import Norm
-from telelens.core.config import HookedTransformerConfig
+from telelens.core.components.attention import Attention, AttentionContext, attention_class
+from telelens.core.components.config_arg import ConfigLike, as_config
+from telelens.core.components.kv_cache import HookedTransformerKeyValueCacheEntry
+from telelens.core.components.mlp import MLP, mlp_class
+from telelens.core.components.norm import Norm, make_norm
 from telelens.core.hook_points import HookPoint
 
 
@@ -20,16 +26,19 @@ def _per_head(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: HookedTransformerConfig, layer: int) -> None:
+    """TransformerLens's ``TransformerBlock``: ``ln1``, ``attn``, ``ln2``, ``mlp`` and the residual hooks."""
+
+    def __init__(self, cfg: ConfigLike, block_index: int) -> None:
         super().__init__()
+        cfg = as_config(cfg)
         self.cfg = cfg
-        self.layer = layer
+        self.layer = block_index
         norm_kind = cfg.normalization_type
-        self.ln1: Norm | nn.Identity = Norm(cfg) if norm_kind is not None else nn.Identity()
-        self.attn = Attention(cfg, layer)
+        self.ln1: Norm | nn.Identity = make_norm(cfg) if norm_kind is not None else nn.Identity()
+        self.attn: Attention = attention_class(cfg)(cfg, "global", block_index)
         if not cfg.attn_only:
-            self.ln2: Norm | nn.Identity = Norm(cfg) if norm_kind is not None else nn.Identity()
-            self.mlp = MLP(cfg)
+            self.ln2: Norm | nn.Identity = make_norm(cfg) if norm_kind is not None else nn.Identity()
+            self.mlp: MLP = mlp_class(cfg)(cfg)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_in = HookPoint()  # [batch, pos, head_index, d_model] (use_attn_in)
         self.hook_q_input = HookPoint()  # [batch, pos, head_index, d_model] (use_split_qkv_input)
@@ -46,18 +55,38 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         resid_pre: torch.Tensor,
+        shortformer_pos_embed: torch.Tensor | None = None,
+        past_kv_cache_entry: HookedTransformerKeyValueCacheEntry | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
         ctx: AttentionContext | None = None,
-        kv_cache: LayerKVCache | None = None,
     ) -> torch.Tensor:
+        """``resid_pre`` [batch, pos, d_model] -> ``resid_post`` [batch, pos, d_model].
+
+        Alone, ``attention_mask`` [batch, past + pos] marks padding and ``past_kv_cache_entry``
+        holds this layer's earlier keys and values (as in TransformerLens); a model passes ``ctx``.
+        """
+        if shortformer_pos_embed is not None:
+            raise NotImplementedError("shortformer positional embeddings are not supported")
+        if ctx is None:
+            past = 0 if past_kv_cache_entry is None else past_kv_cache_entry.past_length
+            ctx = self.attn._standalone_context(
+                resid_pre.shape[0], resid_pre.shape[1], past, attention_mask, resid_pre.device
+            )
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self._attention(resid_pre, ctx, kv_cache))  # [batch, pos, d_model]
+        attn_out = self.hook_attn_out(
+            self._attention(resid_pre, ctx, past_kv_cache_entry)
+        )  # [batch, pos, d_model]
         return self.after_attn(resid_pre, attn_out)
 
     # The block's topology, step by step. The forward pass above runs these methods, and the
     # sweep engine (telelens.core.sweeps) calls them to resume a patched variant mid-block,
     # so the two cannot compute a block differently.
     def _attention(
-        self, resid_pre: torch.Tensor, ctx: AttentionContext | None, kv_cache: LayerKVCache | None
+        self,
+        resid_pre: torch.Tensor,
+        ctx: AttentionContext | None,
+        kv_cache: HookedTransformerKeyValueCacheEntry | None,
     ) -> torch.Tensor:
         """The attention output (before ``hook_attn_out``) of the normalized residual stream."""
         cfg = self.cfg
@@ -66,12 +95,12 @@ class TransformerBlock(nn.Module):
             q_in = self.ln1(self.hook_q_input(_per_head(resid_pre, cfg.n_heads)))
             k_in = self.ln1(self.hook_k_input(_per_head(resid_pre, n_kv)))
             v_in = self.ln1(self.hook_v_input(_per_head(resid_pre, n_kv)))
-            return self.attn(q_in, k_in, v_in, ctx=ctx, kv_cache=kv_cache)
+            return self.attn(q_in, k_in, v_in, ctx=ctx, past_kv_cache_entry=kv_cache)
         if cfg.use_attn_in:
             attn_in = self.ln1(self.hook_attn_in(_per_head(resid_pre, cfg.n_heads)))
             kv_in = attn_in[:, :, : int(cfg.n_key_value_heads or cfg.n_heads)]
-            return self.attn(attn_in, kv_in, kv_in, ctx=ctx, kv_cache=kv_cache)
-        return self.attn(self.ln1(resid_pre), ctx=ctx, kv_cache=kv_cache)
+            return self.attn(attn_in, kv_in, kv_in, ctx=ctx, past_kv_cache_entry=kv_cache)
+        return self.attn(self.ln1(resid_pre), ctx=ctx, past_kv_cache_entry=kv_cache)
 
     def keys_values(
         self, resid_pre: torch.Tensor, ctx: AttentionContext

@@ -1,14 +1,20 @@
-"""The MLP: plain (GPT-2, NeoX) or gated (LLaMA's SwiGLU), one module for both."""
+"""The MLP: plain (GPT-2, NeoX) or gated (LLaMA's SwiGLU), one module for both.
+
+TransformerLens's two classes are :class:`MLP` (plain) and :class:`GatedMLP`; :func:`mlp_class`
+picks the one a config asks for, as TransformerLens's MLP factory does.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from telelens.core.config import HookedTransformerConfig
+from telelens.core.components.config_arg import ConfigLike, as_config
+from telelens.core.components.state_dict_names import load_tl_mlp_names
 from telelens.core.hook_points import HookPoint
 
 
@@ -37,14 +43,21 @@ class MLP(nn.Module):
 
     Stored as ``in_weight`` [(2 if gated) * d_mlp, d_model] (gate rows first) and
     ``out_weight`` [d_model, d_mlp] so one ``F.linear`` does each projection;
-    ``W_in``/``W_gate``/``W_out`` are TransformerLens-shaped views.
+    ``W_in``/``W_gate``/``W_out`` are TransformerLens-shaped views, and ``load_state_dict`` also
+    takes TransformerLens's names. ``MLP(cfg)`` is plain, :class:`GatedMLP` gated.
     """
 
-    def __init__(self, cfg: HookedTransformerConfig) -> None:
+    gated_kind: bool = False
+
+    def __init__(self, cfg: ConfigLike) -> None:
         super().__init__()
-        d_mlp = int(cfg.d_mlp or 0)
+        cfg = as_config(cfg)
+        if cfg.d_mlp is None:
+            raise ValueError("d_mlp must be set to use an MLP")
+        self.cfg = cfg
+        d_mlp = int(cfg.d_mlp)
         self.d_mlp = d_mlp
-        self.gated = cfg.gated_mlp
+        self.gated = self.gated_kind
         n_in = 2 * d_mlp if self.gated else d_mlp
         self.in_weight = nn.Parameter(torch.empty(n_in, cfg.d_model, dtype=cfg.dtype))
         self.in_bias = nn.Parameter(torch.zeros(n_in, dtype=cfg.dtype)) if cfg.mlp_bias else None
@@ -95,7 +108,22 @@ class MLP(nn.Module):
             post = self.hook_post(self.act(self.hook_pre(h)))  # [batch, pos, d_mlp]
         return self.output(post)  # [batch, pos, d_model]
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # TransformerLens's names (W_in, W_gate, b_in, W_out, b_out) load into the fused weights.
+        super()._load_from_state_dict(load_tl_mlp_names(self, state_dict, prefix, *args), prefix, *args)
+
     def output(self, post: torch.Tensor) -> torch.Tensor:
         """The MLP output [..., d_model] of the neurons' activations ``post`` [..., d_mlp]
         (shared by the forward pass and the sweep engine's neuron patches)."""
         return F.linear(post, self.out_weight, self.out_bias)
+
+
+class GatedMLP(MLP):
+    """TransformerLens's ``GatedMLP`` (LLaMA's SwiGLU): ``act(x W_gate) * (x W_in)``, then ``W_out``."""
+
+    gated_kind = True
+
+
+def mlp_class(cfg: ConfigLike) -> type[MLP]:
+    """The MLP class ``cfg`` asks for: :class:`GatedMLP` when ``cfg.gated_mlp``, else :class:`MLP`."""
+    return GatedMLP if as_config(cfg).gated_mlp else MLP

@@ -277,8 +277,8 @@ class _Engine:
         cache = self._past(layer, s, rows)
         if hooks:
             with model.hooks(fwd_hooks=hooks):
-                return block(resid, ctx=ctx, kv_cache=cache)
-        return block(resid, ctx=ctx, kv_cache=cache)
+                return block(resid, past_kv_cache_entry=cache, ctx=ctx)
+        return block(resid, past_kv_cache_entry=cache, ctx=ctx)
 
     def _can_trim(self) -> bool:
         cfg = self.cfg
@@ -306,7 +306,7 @@ class _Engine:
             cache.append(past.k, past.v)  # type: ignore[arg-type]
         cache.append(k, v)
         ctx = self._context(rows, first, device)
-        return block(resid[:, f:], ctx=ctx, kv_cache=cache), first
+        return block(resid[:, f:], past_kv_cache_entry=cache, ctx=ctx), first
 
     # ------------------------------------------------------------------ entries
     def _join(

@@ -7,7 +7,9 @@ so batching, left padding, EOS handling and sampling are the same code. Torch on
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -19,6 +21,33 @@ StepFn = Callable[
 """``step(all_tokens, all_mask, new_tokens, new_mask, greedy)``: the next token ids [batch] when
 ``greedy``, else the last position's logits [batch, d_vocab]. ``new_tokens`` are the tokens added
 since the previous step (all of them at the first step), for a step that keeps a KV cache."""
+
+
+@dataclass
+class GenerateOutput:
+    """``generate(..., output_logits=True)``'s result, shaped like Hugging Face's
+    ``GenerateDecoderOnlyOutput`` that TransformerLens returns: the token ids
+    ``sequences`` [batch, pos + new_tokens] and one final-position ``logits`` [batch, d_vocab] per step."""
+
+    sequences: torch.Tensor
+    logits: tuple[torch.Tensor, ...]
+
+
+RETURN_TYPES = ("input", "str", "tokens", "embeds")
+
+
+def generation_options(generation_kwargs: dict[str, Any]) -> bool:
+    """TransformerLens's ``**generation_kwargs``: ``output_logits`` (returned), ``return_dict_in_generate``
+    (ignored); anything else is ignored with a warning, as TransformerLens does."""
+    output_logits = bool(generation_kwargs.pop("output_logits", False))
+    generation_kwargs.pop("return_dict_in_generate", None)
+    if generation_kwargs:
+        warnings.warn(
+            f"generate received unsupported generation kwargs; ignoring: {sorted(generation_kwargs)}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return output_logits
 
 
 def sample_logits(
@@ -73,17 +102,25 @@ def generation_loop(
     freq_penalty: float = 0.0,
     prepend_bos: bool | None = None,
     padding_side: Literal["left", "right"] | None = None,
-    return_type: Literal["input", "str", "tokens"] = "input",
+    return_type: Literal["input", "str", "tokens", "embeds"] = "input",
     verbose: bool = True,
     seed: int | None = None,
     attention_mask: torch.Tensor | None = None,
+    output_logits: bool = False,
 ) -> Any:
     """TransformerLens's ``generate`` around ``step``: text in gives text out (``return_type="input"``).
 
     ``host`` tokenizes (``_encode``, ``tokenizer``; see ``telelens.lens.tokens.TokenMethods``).
     Batches of texts are padded on the left, so every row continues right after its own last
-    token; rows that reach EOS keep emitting the pad token.
+    token. Rows that finished repeat the EOS token, and texts decode without special tokens, as in
+    TransformerLens. ``output_logits`` returns a :class:`GenerateOutput` with each step's logits.
     """
+    if return_type not in RETURN_TYPES:
+        raise ValueError(f"return_type must be one of {list(RETURN_TYPES)}, got {return_type!r}")
+    if isinstance(input, torch.Tensor) and input.is_floating_point():
+        raise NotImplementedError(
+            "generate from embeddings [batch, pos, d_model] is not supported; pass tokens"
+        )
     input_was_text = isinstance(input, (str, list, tuple))
     if isinstance(input, torch.Tensor):
         tokens = input if input.dim() == 2 else input[None]
@@ -106,21 +143,28 @@ def generation_loop(
         [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id),
         device=device,
     )
-    pad_id = tokenizer.pad_token_id if tokenizer is not None else None
-    pad_id = 0 if pad_id is None else pad_id
+    # Finished rows repeat the EOS token (TransformerLens's eos_token_for_padding).
+    if isinstance(eos_token_id, int):
+        pad_id = eos_token_id
+    elif tokenizer is not None and tokenizer.eos_token_id is not None:
+        pad_id = tokenizer.eos_token_id
+    else:
+        pad_id = eos_token_id[0] if eos_token_id else 0
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     greedy = not do_sample or temperature == 0.0
+    step_logits: list[torch.Tensor] = []
 
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=device)
     all_tokens, all_mask = tokens, mask
     new_tokens, new_mask = tokens, mask
     for _ in tqdm(range(max_new_tokens), disable=not verbose, desc="generate"):
-        out = step(all_tokens, all_mask, new_tokens, new_mask, greedy)
-        nxt = (
-            out
-            if greedy
-            else sample_logits(out, top_k, top_p, temperature, freq_penalty, all_tokens, generator)
-        )
+        out = step(all_tokens, all_mask, new_tokens, new_mask, greedy and not output_logits)
+        if output_logits:
+            step_logits.append(out.clone())
+        if greedy:
+            nxt = out.argmax(dim=-1) if output_logits else out
+        else:
+            nxt = sample_logits(out, top_k, top_p, temperature, freq_penalty, all_tokens, generator)
         nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
         if eos_ids.numel():
             finished |= torch.isin(nxt, eos_ids)
@@ -132,10 +176,14 @@ def generation_loop(
         if stop_at_eos and bool(finished.all()):
             break
 
+    if output_logits:
+        return GenerateOutput(sequences=all_tokens, logits=tuple(step_logits))
     if return_type == "tokens" or (return_type == "input" and not input_was_text):
         return all_tokens
+    if return_type == "embeds":
+        return host.get_weight("W_E")[all_tokens]  # [batch, pos + new_tokens, d_model]
     texts = []
     for i, row in enumerate(all_tokens):
         keep = row if all_mask is None else row[all_mask[i].bool()]
-        texts.append(host._require_tokenizer().decode(keep.tolist()))
-    return texts[0] if isinstance(input, str) else texts
+        texts.append(host._require_tokenizer().decode(keep.tolist(), skip_special_tokens=True))
+    return texts[0] if len(texts) == 1 else texts

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from telelens.lens.factored_matrix import FactoredMatrix
-from telelens.lens.generation import StepFn, generation_loop
+from telelens.lens.generation import StepFn, generation_loop, generation_options
 from telelens.lens.hook_shapes import hook_shape_pattern
 from telelens.lens.norm import final_norm_kind
 from telelens.lens.tokens import TokenMethods
@@ -279,12 +279,17 @@ class ModelSurface(TokenMethods):
         use_past_kv_cache: bool = True,
         prepend_bos: bool | None = None,
         padding_side: Literal["left", "right"] | None = None,
-        return_type: Literal["input", "str", "tokens"] = "input",
+        return_type: Literal["input", "str", "tokens", "embeds"] = "input",
         verbose: bool = True,
         seed: int | None = None,
         attention_mask: torch.Tensor | None = None,
+        **generation_kwargs: Any,
     ) -> Any:
         """TransformerLens's ``generate``: sample a continuation (greedy with ``do_sample=False``).
+
+        TransformerLens 3.9's arguments, in its order; ``seed`` and ``attention_mask`` are telelens's.
+        Of Hugging Face's ``generation_kwargs``, ``output_logits=True`` returns the tokens and each
+        step's logits (``.sequences``, ``.logits``); others are ignored with a warning, as there.
 
         The loop is :func:`telelens.lens.generation.generation_loop`; each side supplies only
         its step (a KV-cached forward locally; one graph per step on a server, which keeps no
@@ -296,4 +301,5 @@ class ModelSurface(TokenMethods):
             eos_token_id=eos_token_id, do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature,
             freq_penalty=freq_penalty, prepend_bos=prepend_bos, padding_side=padding_side,
             return_type=return_type, verbose=verbose, seed=seed, attention_mask=attention_mask,
+            output_logits=generation_options(generation_kwargs),
         )  # fmt: skip
