@@ -20,6 +20,7 @@ import torch
 from telelens.protos import ir
 from telelens.trace.backend import GraphBackend
 from telelens.trace.graph import GraphBuilder, UnknownHookError, hook_suggestions
+from telelens.trace.layer_range import LayerSpan
 from telelens.trace.ops import HookOp, Metric
 from telelens.trace.ops import python as python_op
 from telelens.trace.proxies import RunProxy, ValueProxy, make_run, save
@@ -79,11 +80,19 @@ def _start(
     attention_mask: torch.Tensor | None,
     return_type: str | None,
     to_tokens: Callable[..., torch.Tensor] | None,
+    span: LayerSpan | None = None,
+    tokens: torch.Tensor | None = None,
 ) -> tuple[GraphBuilder, RunProxy, torch.Tensor | None]:
-    """A builder with one run; for ``return_type="loss"`` also the token ids (loss needs them)."""
+    """A builder with one run; for ``return_type="loss"`` also the token ids (loss needs them).
+
+    With ``span.start`` set, ``input`` is the residual stream entering that block (``tokens``:
+    the token ids, for the loss only); see :func:`_start_from_residual`.
+    """
     if return_type not in RETURN_TYPES:
         raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
     builder = GraphBuilder(hook_names, cfg, allow_code=allow_code)
+    if span is not None and span.start is not None:
+        return _start_from_residual(builder, input, span, attention_mask, return_type, tokens)
     tokens = None
     if return_type == "loss":
         if attention_mask is not None:
@@ -106,6 +115,37 @@ def _start(
     return builder, run, tokens
 
 
+def _start_from_residual(
+    builder: GraphBuilder,
+    input: ModelInput,
+    span: LayerSpan,
+    attention_mask: torch.Tensor | None,
+    return_type: str | None,
+    tokens: torch.Tensor | None,
+) -> tuple[GraphBuilder, RunProxy, torch.Tensor | None]:
+    """``start_at_layer``: a run over placeholder token ids of the residual's [batch, pos] whose
+    whole residual entering block ``start`` is set to ``input``. The executor recognises the
+    pattern and starts its forward pass at that block (the blocks before it could not change
+    anything: the write replaces their result)."""
+    if not isinstance(input, torch.Tensor) or input.dim() != 3 or not input.is_floating_point():
+        raise ValueError("with start_at_layer, input must be the residual stream [batch, pos, d_model]")
+    if return_type == "loss":
+        if tokens is None:
+            raise ValueError("return_type='loss' needs tokens (pass tokens= when using start_at_layer)")
+        if attention_mask is not None:
+            raise ValueError("return_type='loss' with an attention_mask is not supported here")
+        tokens = torch.as_tensor(tokens)
+        tokens = tokens[None] if tokens.dim() == 1 else tokens
+    batch_pos = tuple(input.shape[:2])
+    if tokens is not None and tuple(tokens.shape) == batch_pos:
+        placeholder = tokens  # one constant for the run and the loss
+    else:
+        placeholder = torch.zeros(batch_pos, dtype=torch.int32)
+    run = make_run(builder, placeholder, attention_mask=attention_mask)
+    run[span.entry_hook] = input
+    return builder, run, tokens
+
+
 def _loss(run: RunProxy, tokens: torch.Tensor) -> ValueProxy:
     """Mean next-token cross-entropy, computed as the core's ``loss_fn`` does."""
     log_probs = run.logits[:, :-1].float().log_softmax(-1)  # [batch, pos - 1, d_vocab_out]
@@ -114,14 +154,38 @@ def _loss(run: RunProxy, tokens: torch.Tensor) -> ValueProxy:
 
 
 def _output(
-    builder: GraphBuilder, run: RunProxy, return_type: str | None, tokens: torch.Tensor | None
+    builder: GraphBuilder,
+    run: RunProxy,
+    return_type: str | None,
+    tokens: torch.Tensor | None,
+    span: LayerSpan | None = None,
+    input: ModelInput | None = None,
 ) -> str | None:
+    if span is not None and span.stop is not None:  # the residual, whatever the return_type
+        return save(builder, _residual_at(run, span, input), "resid").name
     if return_type == "logits":
         return save(builder, run.logits, "logits").name
     if return_type == "loss":
         assert tokens is not None
         return save(builder, _loss(run, tokens), "loss").name
     return None
+
+
+def _residual_at(run: RunProxy, span: LayerSpan, input: ModelInput | None) -> Any:
+    """The residual stream entering block ``span.stop`` (the value ``stop_at_layer`` returns).
+
+    Read where the pass has just computed it, so the planner stops right there: the last run
+    block's ``hook_resid_post``, or the embeddings' sum for ``stop_at_layer=0``.
+    """
+    assert span.stop is not None
+    start = span.start or 0
+    if span.start is not None and span.stop <= start:
+        return input  # no block runs: the input comes back unchanged
+    if span.stop == 0:
+        embed = run["hook_embed"]
+        names = run._builder.hook_names or ()
+        return embed + run["hook_pos_embed"] if "hook_pos_embed" in names else embed
+    return run[f"blocks.{span.stop - 1}.hook_resid_post"]
 
 
 def _pos_index(hook: str, pos_slice: Any, remove_batch_dim: bool) -> tuple[Any, ...]:
@@ -149,28 +213,33 @@ def build_run_with_cache_graph(
     dtype: str | torch.dtype | None = None,
     cfg: Any = None,
     to_tokens: Callable[..., torch.Tensor] | None = None,
+    start_at_layer: int | None = None,
+    stop_at_layer: int | None = None,
+    tokens: torch.Tensor | None = None,
 ) -> tuple[ir.Graph, OutputMap]:
     """One run, a Save per selected hook (named after the hook) and the output.
 
     ``return_type`` is the model output as in TransformerLens ("logits", "loss", None);
     ``return_logits=False`` is the same as ``return_type=None``. ``pos_slice`` and
     ``remove_batch_dim`` are applied before the Save, so only the slice travels; ``dtype``
-    casts every cached activation on the executor.
+    casts every cached activation on the executor. ``start_at_layer``/``stop_at_layer`` (and
+    ``tokens`` for the loss) are the forward pass's: only hooks that fire in that span are cached.
     """
     if not return_logits:
         return_type = None
+    span = LayerSpan(hook_names, start_at_layer, stop_at_layer)
     builder, run, tokens = _start(
-        input, hook_names, cfg, False, prepend_bos, attention_mask, return_type, to_tokens
+        input, hook_names, cfg, False, prepend_bos, attention_mask, return_type, to_tokens, span, tokens
     )
     cache: dict[str, str] = {}
-    for hook in resolve_names_filter(names_filter, hook_names):
+    for hook in filter(span.fires, resolve_names_filter(names_filter, hook_names)):
         value: ValueProxy = run[hook]
         if remove_batch_dim:
             value = value[0]
         if pos_slice is not None:
             value = value[_pos_index(hook, pos_slice, remove_batch_dim)]
         cache[save(builder, value, hook, dtype).name] = hook
-    output = _output(builder, run, return_type, tokens)
+    output = _output(builder, run, return_type, tokens, span, input)
     return builder.graph(), OutputMap(output, cache)
 
 
@@ -200,12 +269,19 @@ def build_run_with_hooks_graph(
     allow_code: bool = False,
     cfg: Any = None,
     to_tokens: Callable[..., torch.Tensor] | None = None,
+    start_at_layer: int | None = None,
+    stop_at_layer: int | None = None,
+    tokens: torch.Tensor | None = None,
 ) -> tuple[ir.Graph, OutputMap]:
     """One run with each ``(name_or_filter, op)`` applied, returning the output or ``metric``.
 
     Ops at one hook apply in the order given (as TransformerLens runs hooks). With a
     ``metric`` (from :mod:`telelens.trace.ops`) only its value comes back, not the logits.
+    With ``start_at_layer``/``stop_at_layer`` hooks outside the span never fire (as locally).
     """
+    span = LayerSpan(hook_names, start_at_layer, stop_at_layer)
+    if metric is not None and span.stop is not None:
+        raise ValueError("a metric reads the logits: it cannot be combined with stop_at_layer")
     builder, run, tokens = _start(
         input,
         hook_names,
@@ -215,18 +291,24 @@ def build_run_with_hooks_graph(
         attention_mask,
         None if metric else return_type,
         to_tokens,
+        span,
+        tokens,
     )
     for target, fn in fwd_hooks:
         op = _as_op(fn, allow_code)
-        names = [target] if isinstance(target, str) else resolve_names_filter(target, hook_names)
-        for hook in names:
+        if isinstance(target, str):
+            builder.check_hook(target)  # a misspelt name fails even where it would not fire
+            names = [target]
+        else:
+            names = resolve_names_filter(target, hook_names)
+        for hook in filter(span.fires, names):
             op.to_nodes(builder, run, hook)
     if metric is not None:
         if not isinstance(metric, Metric):
             raise TypeError("metric must be a metric from telelens.trace.ops (logit_diff, logit, log_prob)")
         output: str | None = save(builder, metric.to_nodes(builder, run), "metric").name
     else:
-        output = _output(builder, run, return_type, tokens)
+        output = _output(builder, run, return_type, tokens, span, input)
     return builder.graph(), OutputMap(output, {})
 
 
@@ -247,6 +329,9 @@ def run_with_cache(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     incl_bwd: bool = False,
+    start_at_layer: int | None = None,
+    stop_at_layer: int | None = None,
+    tokens: torch.Tensor | None = None,
     **ignored: Any,
 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """``(output, {hook: activation})`` like ``HookedTransformer.run_with_cache`` (wrap the dict in
@@ -258,7 +343,7 @@ def run_with_cache(
     graph, outputs = build_run_with_cache_graph(
         input, names_filter, backend.hook_names, return_type=return_type, prepend_bos=prepend_bos,
         attention_mask=attention_mask, pos_slice=pos_slice, remove_batch_dim=remove_batch_dim, dtype=dtype,
-        **_backend_parts(backend),
+        start_at_layer=start_at_layer, stop_at_layer=stop_at_layer, tokens=tokens, **_backend_parts(backend),
     )  # fmt: skip
     return outputs(backend.execute(graph, allow_code=False), device=device)
 
@@ -274,6 +359,9 @@ def run_with_hooks(
     attention_mask: torch.Tensor | None = None,
     allow_code: bool = False,
     bwd_hooks: Sequence[Any] = (),
+    start_at_layer: int | None = None,
+    stop_at_layer: int | None = None,
+    tokens: torch.Tensor | None = None,
     **ignored: Any,
 ) -> torch.Tensor | None:
     """The output (logits, loss, the ``metric``, or None) with ``fwd_hooks`` applied, like
@@ -283,7 +371,8 @@ def run_with_hooks(
     _check_ignored(ignored, "run_with_hooks")
     graph, outputs = build_run_with_hooks_graph(
         input, fwd_hooks, backend.hook_names, return_type=return_type, metric=metric, prepend_bos=prepend_bos,
-        attention_mask=attention_mask, allow_code=allow_code, **_backend_parts(backend),
+        attention_mask=attention_mask, allow_code=allow_code, start_at_layer=start_at_layer,
+        stop_at_layer=stop_at_layer, tokens=tokens, **_backend_parts(backend),
     )  # fmt: skip
     return outputs(backend.execute(graph, allow_code=allow_code))[0]
 
