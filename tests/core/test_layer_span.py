@@ -143,7 +143,7 @@ def test_the_planner_skips_the_blocks_before_the_start(model: HookedTransformer)
         logits = t.save(run.logits)
     [group] = make_plan(model, check(model, t.graph)).steps
     assert isinstance(group, RunGroup) and group.start_at_layer is None
-    assert torch.equal(early.value, model.run_with_cache(TOKENS)[1]["blocks.0.hook_resid_post"])
+    assert torch.equal(early.value, model(TOKENS, stop_at_layer=1))
     torch.testing.assert_close(logits.value, model(resid, start_at_layer=2), atol=1e-6, rtol=0)
 
 
