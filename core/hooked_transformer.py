@@ -70,7 +70,7 @@ class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
         else:
             self.rotary = Rotary(cfg)
         self.blocks = BlockList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
-        # A tied model keeps its final norm weights when the blocks' norms are folded.
+        # Older versions kept a tied model's final norm unfolded (cfg.extra["ln_final_kind"]).
         final_kind = cfg.extra.get("ln_final_kind", cfg.normalization_type)
         self.ln_final = Norm(cfg, kind=final_kind) if final_kind is not None else None
         self.unembed = Unembed(cfg)

@@ -49,4 +49,4 @@ def test_dla_adds_up_for_smollm2(smollm2_path) -> None:
         model, tokens, model.to_single_token(" Mary"), model.to_single_token(" John")
     )
     assert abs(dla - diff) < 1e-3 * abs(diff), (dla, diff)
-    assert 4.5 < diff < 5.5  # 5.287 (the untied decomposition summed to a quarter of it)
+    assert 4.5 < diff < 5.5  # 5.287 here
