@@ -265,5 +265,5 @@ def _group(model: HookedTransformer, checked: CheckedGraph, members: list[Member
         default=-1,
     )
     stop = None if last >= model.cfg.n_layers else last + 1
-    start = members[0].start
-    return RunGroup(members, stop, None if start is None else start.layer)
+    first = members[0].start  # batched members share their start (see make_plan)
+    return RunGroup(members, stop, None if first is None else first.layer)

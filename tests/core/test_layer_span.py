@@ -155,7 +155,7 @@ def test_layer_out_of_range(model: HookedTransformer, backend: LocalBackend, lay
         with pytest.raises(ValueError, match=match):
             model(value, **{arg: layer})
         with pytest.raises(ValueError, match=match):
-            builders.run_with_cache(backend, value, **{arg: layer})
+            builders.run_with_cache(backend, value, **{arg: layer})  # type: ignore[arg-type]
 
 
 def test_start_at_layer_needs_the_residual(model: HookedTransformer, backend: LocalBackend) -> None:
@@ -170,6 +170,6 @@ def test_start_at_layer_needs_the_residual(model: HookedTransformer, backend: Lo
     with pytest.raises(ValueError, match="pass tokens= when using start_at_layer"):
         builders.run_with_hooks(backend, resid, start_at_layer=1, return_type="loss")
     with pytest.raises(TypeError, match="stop_at_layer must be an int"):
-        builders.run_with_cache(backend, TOKENS, stop_at_layer=1.5)
+        builders.run_with_cache(backend, TOKENS, stop_at_layer=1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="metric"):
         builders.run_with_hooks(backend, TOKENS, metric=ops.logit(3), stop_at_layer=1)

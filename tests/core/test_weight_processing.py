@@ -309,8 +309,8 @@ def test_tied_fold_ln_unties_and_folds_final_norm(arch: str, caplog: pytest.LogC
     d_model, ln_final.b folded into b_U); W_E is unchanged; ln_final becomes Pre."""
     model = make_model(arch)
     assert model.ln_final is not None
-    kind, w, b = model.ln_final.kind, model.ln_final.w.detach().clone(), model.ln_final.b
-    b = None if b is None else b.detach().clone()
+    kind, w = model.ln_final.kind, model.ln_final.w.detach().clone()
+    b = None if model.ln_final.b is None else model.ln_final.b.detach().clone()
     W_E = model.embed.W_E.detach().clone()
     before = log_probs(model)
     with caplog.at_level(logging.WARNING, logger=wp.__name__):

@@ -20,7 +20,7 @@ from telelens.server._private.auth import add_key
 
 N_LAYERS = 2
 TOKENS = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(0))
-TOL = dict(atol=1e-5, rtol=1e-5)
+TOL: dict[str, Any] = dict(atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
