@@ -217,11 +217,21 @@ class RemoteModel(ModelSurface):
         prepend_bos: bool | None = None,
         padding_side: Literal["left", "right"] | None = None,
         attention_mask: torch.Tensor | None = None,
+        *,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+        tokens: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """Logits (or the loss, or None) of a forward pass on the server."""
+        """Logits (or the loss, or None) of a forward pass on the server.
+
+        As locally: ``stop_at_layer=L`` returns the residual stream entering block L instead;
+        ``start_at_layer=L`` takes that residual [batch, pos, d_model] as ``input`` and runs
+        blocks L.. (``tokens`` for ``return_type="loss"``); the server skips the earlier blocks.
+        """
         return self.run_with_hooks(
             input, (), return_type=return_type, prepend_bos=prepend_bos, padding_side=padding_side,
-            attention_mask=attention_mask,
+            attention_mask=attention_mask, start_at_layer=start_at_layer, stop_at_layer=stop_at_layer,
+            tokens=tokens,
         )  # fmt: skip
 
     __call__ = forward

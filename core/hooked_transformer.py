@@ -17,6 +17,7 @@ from telelens.core.forward_context import HookedTransformerKeyValueCache, attent
 from telelens.core.hook_points import HookedRootModule, HookPoint
 from telelens.core.pretrained import PretrainedConstructors
 from telelens.lens.surface import ModelSurface
+from telelens.trace.layer_range import resolve_layer
 
 if TYPE_CHECKING:
     from telelens.lens.activation_cache import ActivationCache
@@ -70,7 +71,7 @@ class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
         else:
             self.rotary = Rotary(cfg)
         self.blocks = BlockList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
-        # A tied model keeps its final norm weights when the blocks' norms are folded.
+        # Older versions kept a tied model's final norm unfolded (cfg.extra["ln_final_kind"]).
         final_kind = cfg.extra.get("ln_final_kind", cfg.normalization_type)
         self.ln_final = make_norm(cfg, kind=final_kind) if final_kind is not None else None
         self.unembed = Unembed(cfg)
@@ -248,9 +249,14 @@ class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
         """Run the model.
 
         ``input`` is text, a list of texts, token ids [batch, pos], or (with
-        ``start_at_layer``) the residual stream [batch, pos, d_model]. ``stop_at_layer``
-        returns the residual stream entering that block instead of logits.
+        ``start_at_layer``) the residual stream [batch, pos, d_model] entering that block.
+        ``stop_at_layer`` returns the residual stream entering that block instead of logits
+        (``n_layers``: after the last block, before ``ln_final``). Both count from the end when
+        negative; other values raise ValueError.
         """
+        n_layers = self.cfg.n_layers
+        start_at_layer = resolve_layer(start_at_layer, n_layers, "start_at_layer")
+        stop_at_layer = resolve_layer(stop_at_layer, n_layers, "stop_at_layer")
         if start_at_layer is None:
             resid, tokens, ctx, attention_mask = self.input_to_embed(
                 input, prepend_bos, padding_side, attention_mask, past_kv_cache
@@ -262,15 +268,13 @@ class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
                     "with start_at_layer, input must be the residual stream [batch, pos, d_model]"
                 )
             resid = input
-            start = start_at_layer if start_at_layer >= 0 else self.cfg.n_layers + start_at_layer
+            start = start_at_layer
             if attention_mask is not None and attention_mask.dim() == 1:
                 attention_mask = attention_mask[None]
             ctx, _ = self._attention_context(
                 resid.shape[0], resid.shape[1], attention_mask, past_kv_cache, resid.device
             )
-        stop = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
-        if stop < 0:
-            stop = self.cfg.n_layers + stop
+        stop = n_layers if stop_at_layer is None else stop_at_layer
 
         ctx_by_device: dict[torch.device, AttentionContext] = {resid.device: ctx}
         for layer in range(start, stop):

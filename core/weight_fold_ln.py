@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from telelens.core.components.norm import Norm
+from telelens.core.weight_centering import untie_embeddings
 from telelens.core.weight_edits import (
     PRE_KIND,
     block_norms,
@@ -72,6 +73,15 @@ def _fold_final_norm(model: HookedTransformer, center: bool) -> None:
     set_pre(norm)
 
 
+def folds_final_norm(model: HookedTransformer) -> bool:
+    """Whether :func:`fold_layer_norm` has a final norm weight to fold (and so unties tied embeddings)."""
+    return (
+        model.cfg.normalization_type is not None
+        and model.ln_final is not None
+        and model.ln_final.w is not None
+    )
+
+
 def fold_layer_norm(model: HookedTransformer, center_weights: bool | None = None) -> None:
     """Fold every norm's weight (and LN bias) into the weights that read its output.
 
@@ -85,9 +95,12 @@ def fold_layer_norm(model: HookedTransformer, center_weights: bool | None = None
     centres the reading weights over ``d_model``: Q/K/V, ``W_in`` (not ``W_gate``, as in
     TransformerLens) and ``W_U``.
 
-    With tied embeddings ``ln_final`` is left unfolded (folding would rescale ``W_E``):
-    the blocks become Pre while ``ln_final`` keeps its weights; ``cfg.extra["ln_final_kind"]``
-    records that.
+    With tied embeddings the unembedding first gets its own copy of ``W_E``
+    (:func:`~telelens.core.weight_centering.untie_embeddings`, logged with its cost) so that
+    ``ln_final`` folds into ``W_U`` alone, as TransformerLens (whose ``W_U`` is always its own
+    tensor) folds it: ``W_U = diag(ln_final.w) @ W_E.T`` (LN: centred, and ``ln_final.b``
+    folded into ``b_U``), ``ln_final`` becomes Pre, and direct logit attribution through
+    ``W_U`` adds up to the logits.
     """
     cfg = model.cfg
     if cfg.normalization_type is None:
@@ -124,18 +137,11 @@ def fold_layer_norm(model: HookedTransformer, center_weights: bool | None = None
                 set_pre(ln2)
 
         if final is not None:
-            if is_tied(model):
-                cfg.extra["ln_final_kind"] = final.kind
-                logger.warning(
-                    "fold_ln: embeddings are tied, so folding ln_final into W_U would also change W_E; "
-                    "ln_final stays %s (with its weights) while the block norms become %s. "
-                    "Call untie_embeddings(model) first to fold it too.",
-                    final.kind,
-                    PRE_KIND[final.kind],
-                )
-            else:
-                _fold_final_norm(model, center)
-                cfg.extra.pop("ln_final_kind", None)
+            if is_tied(model):  # folding into the shared tensor would rescale W_E too
+                logger.warning("fold_ln: embeddings are tied; W_U gets its own copy to fold ln_final into")
+                untie_embeddings(model)
+            _fold_final_norm(model, center)
+            cfg.extra.pop("ln_final_kind", None)  # set by older versions, which kept a tied ln_final
 
     if cfg.normalization_type in PRE_KIND:
         cfg.normalization_type = PRE_KIND[cfg.normalization_type]

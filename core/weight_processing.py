@@ -15,9 +15,11 @@ the parameter's own dtype. Semantics follow TransformerLens 3.9's ``ProcessWeigh
 - :func:`fold_value_biases`: ``b_V`` moves through ``W_O`` into ``b_O`` (patterns sum to 1).
 - :func:`refactor_factored_attn_matrices`: balanced SVD factorisations of ``W_QK``/``W_OV``.
 
-Tied embeddings (``unembed.weight is embed.W_E``) are never untied silently: steps that
-would change one side through the other skip that part (and log why), or, for
-:func:`center_unembed`, raise until :func:`untie_embeddings` is called.
+Tied embeddings (``unembed.weight is embed.W_E``): :func:`fold_layer_norm` unties them (it
+logs the extra copy of ``W_E``) so that ``ln_final`` folds into ``W_U`` alone, as in
+TransformerLens, whose ``W_U`` is always its own tensor; other steps that would change one
+side through the other skip that part (and log why), or, for :func:`center_unembed` without
+``fold_ln``, raise until :func:`untie_embeddings` is called.
 
 This module runs the pipeline (:func:`process_weights`); the steps live in
 :mod:`~telelens.core.weight_fold_ln`, :mod:`~telelens.core.weight_centering` and
@@ -37,7 +39,7 @@ from telelens.core.weight_attn_rewrites import (
 )
 from telelens.core.weight_centering import center_unembed, center_writing_weights, untie_embeddings
 from telelens.core.weight_edits import is_tied, logger, tied_error
-from telelens.core.weight_fold_ln import fold_layer_norm
+from telelens.core.weight_fold_ln import fold_layer_norm, folds_final_norm
 
 if TYPE_CHECKING:
     from telelens.core.hooked_transformer import HookedTransformer
@@ -71,12 +73,13 @@ def process_weights(
 
     fold_ln -> center_writing_weights (LN only) -> center_unembed -> fold_value_biases
     (then re-centre ``b_O`` for LN) -> refactor_factored_attn_matrices. Hook points are
-    untouched, so ``model.setup()`` is not needed. Raises ``ValueError`` before changing
-    anything when ``center_unembed`` is asked of a model with tied embeddings.
+    untouched, so ``model.setup()`` is not needed. ``fold_ln`` unties tied embeddings (see
+    :func:`fold_layer_norm`); without it, ``center_unembed`` on a tied model raises
+    ``ValueError`` before changing anything.
     """
     cfg = model.cfg
     # Refuse up front, so a failing request never leaves the model half processed.
-    if center_unembed and is_tied(model):
+    if center_unembed and is_tied(model) and not (fold_ln and folds_final_norm(model)):
         raise tied_error("process_weights(center_unembed=True)")
     if refactor_factored_attn_matrices:
         check_refactorable(cfg)

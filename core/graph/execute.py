@@ -129,14 +129,30 @@ class _Executor:
             tokens, mask = torch.cat([t for t, _ in inputs]), None
         names = sorted({h for m in members for h in m.ops if h != ir.LOGITS})
         fwd_hooks = [(name, self._hook_fn(name, members)) for name in names]
+        start = group.start_at_layer
+        if start is not None:  # the residual entering block ``start`` is the members' start writes
+            resid = [self._start_value(m) for m in members]
+            model_input = resid[0] if len(resid) == 1 else torch.cat(resid)
+        else:
+            model_input = tokens
         with (
             self.model.hooks(fwd_hooks=fwd_hooks),
             torch.enable_grad() if group.needs_grad else nullcontext(),
         ):
-            out = self.model(tokens, attention_mask=mask, stop_at_layer=group.stop_at_layer)
+            out = self.model(
+                model_input, attention_mask=mask, start_at_layer=start, stop_at_layer=group.stop_at_layer
+            )
             if any(ir.LOGITS in m.ops for m in members):
                 self._apply(ir.LOGITS, members, out, _LOGITS_HOOK)
         self._tick()
+
+    def _start_value(self, m: Member) -> torch.Tensor:
+        """What a late-starting run's start write sets, as the hook it replaces would hold it."""
+        assert m.start is not None and self.checked.table is not None
+        write = m.start.write
+        value = self.evaluator.operand(write.value)
+        assert isinstance(value, torch.Tensor)  # a whole [batch, pos, d_model] tensor (see the planner)
+        return value.to(self.device, self.checked.table.dtypes[write.hook])
 
     def _hook_fn(self, name: str, members: list[Member]) -> Callable[..., torch.Tensor | None]:
         def fn(act: torch.Tensor, hook: Any) -> torch.Tensor | None:

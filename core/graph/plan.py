@@ -15,10 +15,17 @@
 - Early stop: a pass that reads (or code-hooks) nothing after block L stops there
   (``stop_at_layer=L+1``), skipping the later blocks, the final norm and the unembedding;
   writes after that point could not change anything read, so they are skipped too.
+- Late start: a run whose whole residual entering block L is set (a whole-tensor ``set``
+  Write at ``blocks.L.hook_resid_pre``, or at ``blocks.{L-1}.hook_resid_post``), with nothing
+  read, code-hooked or captured before it, starts its pass at block L (``start_at_layer=L``)
+  with the written value as its input: the blocks before it could not change anything (this
+  is how ``start_at_layer`` travels, see ``telelens.trace.builders``). Runs batch only with
+  runs that start at the same block.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
@@ -57,6 +64,16 @@ class Member:
     has_code: bool = False
     grad_reads: set[int] = field(default_factory=set)
     """Reads some needed Grad differentiates by: the run runs with autograd when there are any."""
+    start: StartAt | None = None
+    """Where the pass starts, when it need not start from the tokens (see the module doc)."""
+
+
+@dataclass(frozen=True)
+class StartAt:
+    """Start the pass at block ``layer`` with the value ``write`` sets as the residual stream."""
+
+    layer: int
+    write: ir.Write
 
 
 @dataclass
@@ -65,6 +82,8 @@ class RunGroup:
 
     members: list[Member]
     stop_at_layer: int | None
+    start_at_layer: int | None = None
+    """All members start at this block (None: from the tokens)."""
 
     @property
     def needs_grad(self) -> bool:
@@ -102,6 +121,8 @@ def make_plan(model: HookedTransformer, checked: CheckedGraph, batch_runs: bool 
             hooked[n.run].append(n)
     targets = grad_reads(nodes, needed)
     members = {rid: _member(checked, rid, hooked[rid], sweeps, targets[rid]) for rid in sorted(executed)}
+    for m in members.values():
+        _start_late(checked, m, model.cfg.d_model)
 
     units = executed | sweeps
     levels = _levels(units, {u: set(checked.deps.needs.get(u, {})) & units for u in units})
@@ -115,7 +136,8 @@ def make_plan(model: HookedTransformer, checked: CheckedGraph, batch_runs: bool 
                     batch_runs and not m.has_code and not m.grad_reads and m.run.attention_mask is None
                 )
                 batchable = batchable and m.shape.attention_mask is None
-                batches[("pos", m.shape.pos) if batchable else ("run", u)].append(m)
+                start = None if m.start is None else m.start.layer
+                batches[("pos", m.shape.pos, start) if batchable else ("run", u)].append(m)
         for group in batches.values():
             steps.append(_group(model, checked, group))
         for u in sorted(u for u in sweeps if levels[u] == level):
@@ -187,6 +209,48 @@ def _member(
     return m
 
 
+_ENTRY = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+
+
+def _start_late(checked: CheckedGraph, m: Member, d_model: int) -> None:
+    """Find where ``m``'s pass can start (see the module doc); drop the ops that then never fire."""
+    table = checked.table
+    assert table is not None
+    m.start = _entry_write(checked, m, (m.shape.batch, m.shape.pos, d_model))
+    if m.start is None:
+        return
+    hook = m.start.write.hook
+    entry = table.order[hook]
+    kept = {h: ops for h, ops in m.ops.items() if table.order[h] > entry}
+    if hook.endswith("hook_resid_pre"):  # fires with the start value: what follows the write still applies
+        ops = m.ops[hook]
+        kept[hook] = ops[ops.index(m.start.write) + 1 :]
+    m.ops = {h: ops for h, ops in kept.items() if ops}
+
+
+def _entry_write(checked: CheckedGraph, m: Member, whole: tuple[int, int, int]) -> StartAt | None:
+    table = checked.table
+    assert table is not None
+    for hook in sorted(m.ops, key=lambda h: table.order[h], reverse=True):  # the latest entry wins
+        match = _ENTRY.match(hook)
+        if match is None:
+            continue
+        ops = m.ops[hook]
+        for i, op in enumerate(ops):
+            if not isinstance(op, ir.Write):
+                break  # something sees the computed value first
+            value = checked.meta.get(op.value.node) if isinstance(op.value, ir.Ref) else None
+            if op.mode != "set" or op.index or value is None or tuple(value.shape) != whole:
+                continue
+            if match.group(2) == "post" and i != len(ops) - 1:
+                continue  # nothing may follow at resid_post: that hook will not fire
+            entry = table.order[hook]
+            earlier = (o for h, hook_ops in m.ops.items() if table.order[h] < entry for o in hook_ops)
+            if all(isinstance(o, ir.Write) for o in earlier):
+                return StartAt(int(match.group(1)) + (match.group(2) == "post"), op)
+    return None
+
+
 def _levels(units: set[int], needs: dict[int, set[int]]) -> dict[int, int]:
     """Longest-path level of every unit (validation has ruled out cycles)."""
     level: dict[int, int] = {}
@@ -221,4 +285,5 @@ def _group(model: HookedTransformer, checked: CheckedGraph, members: list[Member
         default=-1,
     )
     stop = None if last >= model.cfg.n_layers else last + 1
-    return RunGroup(members, stop)
+    first = members[0].start  # batched members share their start (see make_plan)
+    return RunGroup(members, stop, None if first is None else first.layer)

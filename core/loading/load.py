@@ -267,9 +267,11 @@ def load_pretrained(
     if tok is not None:
         model.set_tokenizer(tok, default_padding_side=default_padding_side)  # type: ignore[arg-type]
 
-    if center_unembed is None:
-        center_unembed = not cfg.tie_word_embeddings
-        if cfg.tie_word_embeddings:
+    from telelens.core.weight_fold_ln import folds_final_norm
+
+    if center_unembed is None:  # fold_ln unties tied embeddings (as TransformerLens's W_U is its own)
+        center_unembed = not cfg.tie_word_embeddings or bool(fold_ln and folds_final_norm(model))
+        if not center_unembed:
             logger.info("telelens: center_unembed=False because %s ties its embeddings", cfg.model_name)
     flags = {
         "fold_ln": fold_ln,

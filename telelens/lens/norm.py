@@ -35,6 +35,7 @@ def normalize(
 
 
 def final_norm_kind(cfg: Any) -> str | None:
-    """The final norm's kind: a tied model keeps ``ln_final``'s weights when the blocks' norms fold."""
+    """The final norm's kind (``cfg.extra["ln_final_kind"]`` is honoured for configs written by older
+    versions, which kept a tied model's ``ln_final`` weights when the blocks' norms folded)."""
     extra = getattr(cfg, "extra", None) or {}
     return extra.get("ln_final_kind", getattr(cfg, "normalization_type", None))

@@ -21,6 +21,7 @@ from telelens.protos import ir
 from telelens.trace.backend import GraphBackend
 from telelens.trace.backward import add_backward_hooks, add_cache_grads
 from telelens.trace.graph import GraphBuilder, UnknownHookError, hook_suggestions
+from telelens.trace.layer_range import LayerSpan
 from telelens.trace.ops import HookOp, Metric
 from telelens.trace.ops import python as python_op
 from telelens.trace.proxies import RunProxy, ValueProxy, make_run, save
@@ -80,11 +81,19 @@ def _start(
     attention_mask: torch.Tensor | None,
     return_type: str | None,
     to_tokens: Callable[..., torch.Tensor] | None,
+    span: LayerSpan | None = None,
+    tokens: torch.Tensor | None = None,
 ) -> tuple[GraphBuilder, RunProxy, torch.Tensor | None]:
-    """A builder with one run; for ``return_type="loss"`` also the token ids (loss needs them)."""
+    """A builder with one run; for ``return_type="loss"`` also the token ids (loss needs them).
+
+    With ``span.start`` set, ``input`` is the residual stream entering that block (``tokens``:
+    the token ids, for the loss only); see :func:`_start_from_residual`.
+    """
     if return_type not in RETURN_TYPES:
         raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
     builder = GraphBuilder(hook_names, cfg, allow_code=allow_code)
+    if span is not None and span.start is not None:
+        return _start_from_residual(builder, input, span, attention_mask, return_type, tokens)
     tokens = None
     if return_type == "loss":
         if attention_mask is not None:
@@ -107,6 +116,37 @@ def _start(
     return builder, run, tokens
 
 
+def _start_from_residual(
+    builder: GraphBuilder,
+    input: ModelInput,
+    span: LayerSpan,
+    attention_mask: torch.Tensor | None,
+    return_type: str | None,
+    tokens: torch.Tensor | None,
+) -> tuple[GraphBuilder, RunProxy, torch.Tensor | None]:
+    """``start_at_layer``: a run over placeholder token ids of the residual's [batch, pos] whose
+    whole residual entering block ``start`` is set to ``input``. The executor recognises the
+    pattern and starts its forward pass at that block (the blocks before it could not change
+    anything: the write replaces their result)."""
+    if not isinstance(input, torch.Tensor) or input.dim() != 3 or not input.is_floating_point():
+        raise ValueError("with start_at_layer, input must be the residual stream [batch, pos, d_model]")
+    if return_type == "loss":
+        if tokens is None:
+            raise ValueError("return_type='loss' needs tokens (pass tokens= when using start_at_layer)")
+        if attention_mask is not None:
+            raise ValueError("return_type='loss' with an attention_mask is not supported here")
+        tokens = torch.as_tensor(tokens)
+        tokens = tokens[None] if tokens.dim() == 1 else tokens
+    batch_pos = tuple(input.shape[:2])
+    if tokens is not None and tuple(tokens.shape) == batch_pos:
+        placeholder = tokens  # one constant for the run and the loss
+    else:
+        placeholder = torch.zeros(batch_pos, dtype=torch.int32)
+    run = make_run(builder, placeholder, attention_mask=attention_mask)
+    run[span.entry_hook] = input
+    return builder, run, tokens
+
+
 def _loss(run: RunProxy, tokens: torch.Tensor) -> ValueProxy:
     """Mean next-token cross-entropy, computed as the core's ``loss_fn`` does."""
     log_probs = run.logits[:, :-1].float().log_softmax(-1)  # [batch, pos - 1, d_vocab_out]
@@ -115,14 +155,38 @@ def _loss(run: RunProxy, tokens: torch.Tensor) -> ValueProxy:
 
 
 def _output(
-    builder: GraphBuilder, run: RunProxy, return_type: str | None, tokens: torch.Tensor | None
+    builder: GraphBuilder,
+    run: RunProxy,
+    return_type: str | None,
+    tokens: torch.Tensor | None,
+    span: LayerSpan | None = None,
+    input: ModelInput | None = None,
 ) -> str | None:
+    if span is not None and span.stop is not None:  # the residual, whatever the return_type
+        return save(builder, _residual_at(run, span, input), "resid").name
     if return_type == "logits":
         return save(builder, run.logits, "logits").name
     if return_type == "loss":
         assert tokens is not None
         return save(builder, _loss(run, tokens), "loss").name
     return None
+
+
+def _residual_at(run: RunProxy, span: LayerSpan, input: ModelInput | None) -> Any:
+    """The residual stream entering block ``span.stop`` (the value ``stop_at_layer`` returns).
+
+    Read where the pass has just computed it, so the planner stops right there: the last run
+    block's ``hook_resid_post``, or the embeddings' sum for ``stop_at_layer=0``.
+    """
+    assert span.stop is not None
+    start = span.start or 0
+    if span.start is not None and span.stop <= start:
+        return input  # no block runs: the input comes back unchanged
+    if span.stop == 0:
+        embed = run["hook_embed"]
+        names = run._builder.hook_names or ()
+        return embed + run["hook_pos_embed"] if "hook_pos_embed" in names else embed
+    return run[f"blocks.{span.stop - 1}.hook_resid_post"]
 
 
 def _pos_index(hook: str, pos_slice: Any, remove_batch_dim: bool) -> tuple[Any, ...]:
@@ -153,15 +217,20 @@ def build_run_with_cache_graph(
     incl_bwd: bool = False,
     bwd_hooks: Sequence[tuple[str | Callable[[str], bool], Any]] = (),
     allow_code: bool = False,
+    start_at_layer: int | None = None,
+    stop_at_layer: int | None = None,
+    tokens: torch.Tensor | None = None,
 ) -> tuple[ir.Graph, OutputMap]:
     """One run, a Save per selected hook (named after the hook) and the output.
 
     ``return_type`` is the model output as in TransformerLens ("logits", "loss", None);
     ``return_logits=False`` is the same as ``return_type=None``. ``pos_slice`` and
     ``remove_batch_dim`` are applied before the Save, so only the slice travels; ``dtype``
-    casts every cached activation on the executor. ``incl_bwd=True`` (the output must be the
-    scalar loss) also caches ``<hook>_grad``, the loss's gradient at each cached hook, from one
-    backward pass on the executor, with ``bwd_hooks`` (backward hooks) acting on it.
+    casts every cached activation on the executor. ``start_at_layer``/``stop_at_layer`` (and
+    ``tokens`` for the loss) are the forward pass's: only hooks that fire in that span are cached.
+    ``incl_bwd=True`` (the output must be the scalar loss) also caches ``<hook>_grad``, the loss's
+    gradient at each cached hook, from one backward pass on the executor, with ``bwd_hooks``
+    (backward hooks) acting on it.
     """
     if not return_logits:
         return_type = None
@@ -169,8 +238,11 @@ def build_run_with_cache_graph(
         raise ValueError(
             "incl_bwd=True differentiates the output, which must be a scalar: pass return_type='loss'"
         )
+    span = LayerSpan(hook_names, start_at_layer, stop_at_layer)
+    if incl_bwd and span.stop is not None:
+        raise ValueError("incl_bwd=True differentiates the loss: it cannot be combined with stop_at_layer")
     builder, run, tokens = _start(
-        input, hook_names, cfg, allow_code, prepend_bos, attention_mask, return_type, to_tokens
+        input, hook_names, cfg, allow_code, prepend_bos, attention_mask, return_type, to_tokens, span, tokens
     )
     add_backward_hooks(builder, run, bwd_hooks, lambda f: resolve_names_filter(f, hook_names))
     cache: dict[str, str] = {}
@@ -183,7 +255,7 @@ def build_run_with_cache_graph(
             value = value[_pos_index(hook, pos_slice, remove_batch_dim)]
         return value
 
-    for hook in resolve_names_filter(names_filter, hook_names):
+    for hook in filter(span.fires, resolve_names_filter(names_filter, hook_names)):
         reads[hook] = run[hook].node_id
         cache[save(builder, shape(hook, run[hook]), hook, dtype).name] = hook
     if incl_bwd:
@@ -193,7 +265,7 @@ def build_run_with_cache_graph(
         for name, grad in add_cache_grads(builder, loss, reads, shape).items():
             cache[save(builder, grad, name, dtype).name] = name
     else:
-        output = _output(builder, run, return_type, tokens)
+        output = _output(builder, run, return_type, tokens, span, input)
     return builder.graph(), OutputMap(output, cache)
 
 
@@ -224,6 +296,9 @@ def build_run_with_hooks_graph(
     cfg: Any = None,
     to_tokens: Callable[..., torch.Tensor] | None = None,
     bwd_hooks: Sequence[tuple[str | Callable[[str], bool], Any]] = (),
+    start_at_layer: int | None = None,
+    stop_at_layer: int | None = None,
+    tokens: torch.Tensor | None = None,
 ) -> tuple[ir.Graph, OutputMap]:
     """One run with each ``(name_or_filter, op)`` applied, returning the output or ``metric``.
 
@@ -231,7 +306,11 @@ def build_run_with_hooks_graph(
     ``metric`` (from :mod:`telelens.trace.ops`) only its value comes back, not the logits.
     ``bwd_hooks`` become backward-hook nodes: they act on gradients the graph asks for, and
     no gradient is asked for here (a backward hook cannot change the output).
+    With ``start_at_layer``/``stop_at_layer`` hooks outside the span never fire (as locally).
     """
+    span = LayerSpan(hook_names, start_at_layer, stop_at_layer)
+    if metric is not None and span.stop is not None:
+        raise ValueError("a metric reads the logits: it cannot be combined with stop_at_layer")
     builder, run, tokens = _start(
         input,
         hook_names,
@@ -241,11 +320,17 @@ def build_run_with_hooks_graph(
         attention_mask,
         None if metric else return_type,
         to_tokens,
+        span,
+        tokens,
     )
     for target, fn in fwd_hooks:
         op = _as_op(fn, allow_code)
-        names = [target] if isinstance(target, str) else resolve_names_filter(target, hook_names)
-        for hook in names:
+        if isinstance(target, str):
+            builder.check_hook(target)  # a misspelt name fails even where it would not fire
+            names = [target]
+        else:
+            names = resolve_names_filter(target, hook_names)
+        for hook in filter(span.fires, names):
             op.to_nodes(builder, run, hook)
     add_backward_hooks(builder, run, bwd_hooks, lambda f: resolve_names_filter(f, hook_names))
     if metric is not None:
@@ -253,7 +338,7 @@ def build_run_with_hooks_graph(
             raise TypeError("metric must be a metric from telelens.trace.ops (logit_diff, logit, log_prob)")
         output: str | None = save(builder, metric.to_nodes(builder, run), "metric").name
     else:
-        output = _output(builder, run, return_type, tokens)
+        output = _output(builder, run, return_type, tokens, span, input)
     return builder.graph(), OutputMap(output, {})
 
 
@@ -276,6 +361,9 @@ def run_with_cache(
     incl_bwd: bool = False,
     bwd_hooks: Sequence[tuple[str | Callable[[str], bool], Any]] = (),
     allow_code: bool = False,
+    start_at_layer: int | None = None,
+    stop_at_layer: int | None = None,
+    tokens: torch.Tensor | None = None,
     **ignored: Any,
 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """``(output, {hook: activation})`` like ``HookedTransformer.run_with_cache`` (wrap the dict in
@@ -290,7 +378,8 @@ def run_with_cache(
     graph, outputs = build_run_with_cache_graph(
         input, names_filter, backend.hook_names, return_type=return_type, prepend_bos=prepend_bos,
         attention_mask=attention_mask, pos_slice=pos_slice, remove_batch_dim=remove_batch_dim, dtype=dtype,
-        incl_bwd=incl_bwd, bwd_hooks=bwd_hooks, allow_code=allow_code, **_backend_parts(backend),
+        incl_bwd=incl_bwd, bwd_hooks=bwd_hooks, allow_code=allow_code, start_at_layer=start_at_layer,
+        stop_at_layer=stop_at_layer, tokens=tokens, **_backend_parts(backend),
     )  # fmt: skip
     return outputs(backend.execute(graph, allow_code=allow_code), device=device)
 
@@ -306,6 +395,9 @@ def run_with_hooks(
     attention_mask: torch.Tensor | None = None,
     allow_code: bool = False,
     bwd_hooks: Sequence[Any] = (),
+    start_at_layer: int | None = None,
+    stop_at_layer: int | None = None,
+    tokens: torch.Tensor | None = None,
     **ignored: Any,
 ) -> torch.Tensor | None:
     """The output (logits, loss, the ``metric``, or None) with ``fwd_hooks`` applied, like
@@ -317,7 +409,8 @@ def run_with_hooks(
     _check_ignored(ignored, "run_with_hooks")
     graph, outputs = build_run_with_hooks_graph(
         input, fwd_hooks, backend.hook_names, return_type=return_type, metric=metric, prepend_bos=prepend_bos,
-        attention_mask=attention_mask, allow_code=allow_code, bwd_hooks=bwd_hooks, **_backend_parts(backend),
+        attention_mask=attention_mask, allow_code=allow_code, bwd_hooks=bwd_hooks, start_at_layer=start_at_layer,
+        stop_at_layer=stop_at_layer, tokens=tokens, **_backend_parts(backend),
     )  # fmt: skip
     return outputs(backend.execute(graph, allow_code=allow_code))[0]
 

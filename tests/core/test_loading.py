@@ -270,7 +270,7 @@ def test_weight_processing_flags(tiny_hf):
     assert calls[0] == {
         "fold_ln": True,
         "center_writing_weights": True,
-        "center_unembed": False,  # tied: centering W_U would change W_E
+        "center_unembed": True,  # tied, but fold_ln gives W_U its own tensor (as TransformerLens)
         "fold_value_biases": True,
         "refactor_factored_attn_matrices": False,
     }

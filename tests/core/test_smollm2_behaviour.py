@@ -64,7 +64,9 @@ def test_induction_heads_found_and_patterns_match_hf(smollm2, smollm2_hf):
 def test_processed_weights_keep_hf_log_probs(smollm2_path, smollm2_hf):
     hf, _ = smollm2_hf
     processed = HookedTransformer.from_pretrained(str(smollm2_path), device="cpu")  # TL's default processing
-    assert processed.cfg.tie_word_embeddings and processed.unembed.weight is processed.embed.W_E
+    # fold_ln gives W_U its own tensor (as TransformerLens), so ln_final folds into it
+    assert not processed.cfg.tie_word_embeddings and processed.unembed.weight is not processed.embed.W_E
+    assert processed.ln_final is not None and processed.ln_final.kind == "RMSPre"
     assert processed.blocks[0].ln1.kind == "RMSPre"
     tokens = processed.to_tokens("The Eiffel Tower is in the city of Paris, which is in")
     with torch.no_grad():

@@ -93,12 +93,13 @@ def test_full_pipeline_keeps_log_probs(arch: str) -> None:
     model = make_model(arch)
     before = log_probs(model)
     hooks_before = set(model.hook_dict)
-    tied = arch in TIED
-    model.process_weights_(center_unembed=not tied)
+    model.process_weights_()
     assert_same_log_probs(before, model)
     assert set(model.hook_dict) == hooks_before  # no hook point added or lost
     assert model.cfg.normalization_type in ("LNPre", "RMSPre")
-    assert (model.unembed.weight is model.embed.W_E) == tied  # never untied silently
+    # fold_ln gives a tied model's W_U its own tensor (TransformerLens's layout): ln_final folds too
+    assert model.unembed.weight is not model.embed.W_E and not model.cfg.tie_word_embeddings
+    assert model.ln_final is not None and model.ln_final.w is None
 
 
 @pytest.mark.parametrize("arch", UNTIED)
@@ -303,21 +304,29 @@ def test_fold_value_biases_matches_the_formula_under_gqa() -> None:
 
 # ---------------------------------------------------------------------------- tied embeddings
 @pytest.mark.parametrize("arch", TIED)
-def test_tied_fold_ln_keeps_final_norm(arch: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_tied_fold_ln_unties_and_folds_final_norm(arch: str, caplog: pytest.LogCaptureFixture) -> None:
+    """As TransformerLens: W_U = diag(ln_final.w) @ W_E.T as its own tensor (LN: centred over
+    d_model, ln_final.b folded into b_U); W_E is unchanged; ln_final becomes Pre."""
     model = make_model(arch)
     assert model.ln_final is not None
-    kind = model.ln_final.kind
+    kind, w = model.ln_final.kind, model.ln_final.w.detach().clone()
+    b = None if model.ln_final.b is None else model.ln_final.b.detach().clone()
     W_E = model.embed.W_E.detach().clone()
     before = log_probs(model)
     with caplog.at_level(logging.WARNING, logger=wp.__name__):
         wp.fold_layer_norm(model)
-    assert "embeddings are tied" in caplog.text
+    assert "embeddings are tied" in caplog.text and "MiB extra" in caplog.text
     assert_same_log_probs(before, model)
-    assert model.ln_final.kind == kind and model.ln_final.w is not None
-    assert model.cfg.extra["ln_final_kind"] == kind
+    assert model.ln_final.kind == kind + "Pre" and model.ln_final.w is None
+    assert "ln_final_kind" not in model.cfg.extra
     assert all(b.ln1.kind == kind + "Pre" for b in model.blocks)
-    assert torch.equal(model.embed.W_E, W_E) and model.unembed.weight is model.embed.W_E
-    # Mixed norm kinds run on both the fused and the explicit (hooked) path.
+    assert torch.equal(model.embed.W_E, W_E) and model.unembed.weight is not model.embed.W_E
+    assert not model.cfg.tie_word_embeddings and not model.has_weight("ln_final.w")
+    W_U = W_E.T * w[:, None]  # [d_model, d_vocab]
+    if kind == "LN":
+        W_U = W_U - W_U.mean(0, keepdim=True)
+        torch.testing.assert_close(model.b_U, W_E @ b, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(model.W_U, W_U, atol=1e-6, rtol=1e-5)
     cache = _cache(model)
     assert "ln_final.hook_normalized" in cache and "blocks.0.ln1.hook_normalized" in cache
 
@@ -341,9 +350,9 @@ def test_tied_center_unembed_raises_and_changes_nothing(arch: str) -> None:
     with pytest.raises(ValueError, match="untie_embeddings"):
         wp.center_unembed(model)
     with pytest.raises(ValueError, match="tie"):
-        wp.process_weights(model)  # center_unembed=True by default
+        wp.process_weights(model, fold_ln=False)  # center_unembed=True by default; nothing unties
     with pytest.raises(ValueError, match="tie"):
-        model.process_weights_()
+        model.process_weights_(fold_ln=False)
     assert model.cfg.normalization_type == ARCHS[arch].get("normalization_type", "LN")
     for k, v in model.state_dict().items():
         assert torch.equal(v, snap[k]), k

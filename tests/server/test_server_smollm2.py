@@ -126,7 +126,7 @@ def test_default_serves_from_pretrained(stub, smollm2_processed, smollm2) -> Non
     config = json.loads(stub.GetModelInfo(service_pb2.GetModelInfoRequest(model="smollm2-135m")).config_json)
     assert config["weights_processed"] is True
     assert config["weight_processing"] == {
-        "fold_ln": True, "center_writing_weights": True, "center_unembed": False,  # tied embeddings
+        "fold_ln": True, "center_writing_weights": True, "center_unembed": True,  # fold_ln untied W_U
         "fold_value_biases": True, "refactor_factored_attn_matrices": False,
     }  # fmt: skip
     nodes: list[ir.Node] = []
@@ -141,3 +141,28 @@ def test_default_serves_from_pretrained(stub, smollm2_processed, smollm2) -> Non
         assert torch.equal(out[name], want[name]), name
     # ... and not the unprocessed ones (folding the norms changed W_Q)
     assert not torch.equal(out["blocks.0.attn.W_Q"], local_execute(smollm2, graph)["blocks.0.attn.W_Q"])
+
+
+def test_remote_dla_adds_up(server, smollm2_processed) -> None:
+    """The seed's DLA recipe on the served (processed) model: the decomposition times the
+    logit-difference direction sums to the logit difference, with the local numbers."""
+    import telelens
+
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    with telelens.connect(f"grpc://{server.address}", model="smollm2-135m", progress=False) as remote:
+        assert remote.ln_final is not None and remote.ln_final.kind == "RMSPre"
+        assert not remote.has_weight("ln_final.w") and not remote.cfg.tie_word_embeddings
+        results = []
+        for model in (remote, smollm2_processed):
+            with torch.no_grad():
+                logits, cache = model.run_with_cache(prompt)
+                parts = cache.get_full_resid_decomposition(apply_ln=True, pos_slice=-1, expand_neurons=False)
+                mary, john = model.to_single_token(" Mary"), model.to_single_token(" John")
+                direction = model.tokens_to_residual_directions(mary) - model.tokens_to_residual_directions(
+                    john
+                )
+                dla = float((parts[:, 0] @ direction).sum())
+                results.append((dla, float(logits[0, -1, mary] - logits[0, -1, john])))
+    (dla, diff), (local_dla, local_diff) = results
+    assert abs(dla - diff) < 1e-3 * abs(diff), (dla, diff)
+    assert abs(dla - local_dla) < 1e-4 and abs(diff - local_diff) < 1e-4

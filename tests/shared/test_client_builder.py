@@ -592,7 +592,7 @@ def test_run_with_hooks_graph():
     with pytest.raises(NotImplementedError):
         builders.run_with_hooks(Recorder(), TOKENS, bwd_hooks=[(H, ops.zero_ablate())])
     with pytest.raises(TypeError, match="unsupported"):
-        builders.run_with_cache(Recorder(), TOKENS, stop_at_layer=1)
+        builders.run_with_cache(Recorder(), TOKENS, shortformer_pos_embed=None)
 
 
 # ---------------------------------------------------------------------------------------- ops, locally
