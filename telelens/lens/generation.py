@@ -112,8 +112,8 @@ def generation_loop(
 
     ``host`` tokenizes (``_encode``, ``tokenizer``; see ``telelens.lens.tokens.TokenMethods``).
     Batches of texts are padded on the left, so every row continues right after its own last
-    token. Rows that finished repeat the EOS token, and texts decode without special tokens, as in
-    TransformerLens. ``output_logits`` returns a :class:`GenerateOutput` with each step's logits.
+    token. Rows that finished repeat the EOS token, as in TransformerLens (whose texts, unlike these,
+    drop special tokens such as BOS). ``output_logits`` returns a :class:`GenerateOutput` with each step's logits.
     """
     if return_type not in RETURN_TYPES:
         raise ValueError(f"return_type must be one of {list(RETURN_TYPES)}, got {return_type!r}")
@@ -185,5 +185,5 @@ def generation_loop(
     texts = []
     for i, row in enumerate(all_tokens):
         keep = row if all_mask is None else row[all_mask[i].bool()]
-        texts.append(host._require_tokenizer().decode(keep.tolist(), skip_special_tokens=True))
-    return texts[0] if len(texts) == 1 else texts
+        texts.append(host._require_tokenizer().decode(keep.tolist()))
+    return texts[0] if isinstance(input, str) else texts
