@@ -138,9 +138,9 @@ class GraphBuilder:
         if not callable(fn):
             raise TypeError(f"code hooks must be callable, got {type(fn).__name__}")
         self.check_hook(hook)
-        import cloudpickle  # only code hooks need it (the `remote` extra)
+        from telelens.trace.code_payload import dumps  # cloudpickle: only code hooks need it
 
-        node_id = self.add(ir.CodeHook, run=run, hook=hook, payload=cloudpickle.dumps(fn))
+        node_id = self.add(ir.CodeHook, run=run, hook=hook, payload=dumps(fn))
         self._reads.pop((run, hook), None)
         return node_id
 
