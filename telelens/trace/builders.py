@@ -18,13 +18,15 @@ from typing import Any
 import torch
 
 from telelens.protos import ir
-from telelens.trace.backend import GraphBackend
+from telelens.trace.backend import GraphBackend, backend_allows_code, backend_run_hooks
 from telelens.trace.graph import GraphBuilder, UnknownHookError, hook_suggestions
 from telelens.trace.ops import HookOp, Metric
 from telelens.trace.ops import python as python_op
 from telelens.trace.proxies import RunProxy, ValueProxy, make_run, save
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
+RunHooks = Sequence[tuple[str, HookOp]]
+"""``(hook name, op)`` applied to every run first: a model's registered hooks (``add_hook``)."""
 ModelInput = str | Sequence[str] | torch.Tensor
 RETURN_TYPES = ("logits", "loss", None)
 
@@ -79,11 +81,14 @@ def _start(
     attention_mask: torch.Tensor | None,
     return_type: str | None,
     to_tokens: Callable[..., torch.Tensor] | None,
+    run_hooks: RunHooks = (),
 ) -> tuple[GraphBuilder, RunProxy, torch.Tensor | None]:
-    """A builder with one run; for ``return_type="loss"`` also the token ids (loss needs them)."""
+    """A builder with one run (``run_hooks`` applied to it); for ``return_type="loss"`` also the
+    token ids (loss needs them)."""
     if return_type not in RETURN_TYPES:
         raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
     builder = GraphBuilder(hook_names, cfg, allow_code=allow_code)
+    builder.run_hooks = list(run_hooks)
     tokens = None
     if return_type == "loss":
         if attention_mask is not None:
@@ -149,6 +154,8 @@ def build_run_with_cache_graph(
     dtype: str | torch.dtype | None = None,
     cfg: Any = None,
     to_tokens: Callable[..., torch.Tensor] | None = None,
+    run_hooks: RunHooks = (),
+    allow_code: bool = False,
 ) -> tuple[ir.Graph, OutputMap]:
     """One run, a Save per selected hook (named after the hook) and the output.
 
@@ -160,7 +167,7 @@ def build_run_with_cache_graph(
     if not return_logits:
         return_type = None
     builder, run, tokens = _start(
-        input, hook_names, cfg, False, prepend_bos, attention_mask, return_type, to_tokens
+        input, hook_names, cfg, allow_code, prepend_bos, attention_mask, return_type, to_tokens, run_hooks
     )
     cache: dict[str, str] = {}
     for hook in resolve_names_filter(names_filter, hook_names):
@@ -200,6 +207,7 @@ def build_run_with_hooks_graph(
     allow_code: bool = False,
     cfg: Any = None,
     to_tokens: Callable[..., torch.Tensor] | None = None,
+    run_hooks: RunHooks = (),
 ) -> tuple[ir.Graph, OutputMap]:
     """One run with each ``(name_or_filter, op)`` applied, returning the output or ``metric``.
 
@@ -215,6 +223,7 @@ def build_run_with_hooks_graph(
         attention_mask,
         None if metric else return_type,
         to_tokens,
+        run_hooks,
     )
     for target, fn in fwd_hooks:
         op = _as_op(fn, allow_code)
@@ -231,7 +240,11 @@ def build_run_with_hooks_graph(
 
 
 def _backend_parts(backend: GraphBackend) -> dict[str, Any]:
-    return {"cfg": getattr(backend, "cfg", None), "to_tokens": getattr(backend, "to_tokens", None)}
+    return {
+        "cfg": getattr(backend, "cfg", None),
+        "to_tokens": getattr(backend, "to_tokens", None),
+        "run_hooks": backend_run_hooks(backend),
+    }
 
 
 def run_with_cache(
@@ -255,12 +268,13 @@ def run_with_cache(
     if incl_bwd:
         raise NotImplementedError("incl_bwd: gradients are not part of the intervention graph")
     _check_ignored(ignored, "run_with_cache")
+    allow_code = backend_allows_code(backend)  # registered code hooks run in every call
     graph, outputs = build_run_with_cache_graph(
         input, names_filter, backend.hook_names, return_type=return_type, prepend_bos=prepend_bos,
         attention_mask=attention_mask, pos_slice=pos_slice, remove_batch_dim=remove_batch_dim, dtype=dtype,
-        **_backend_parts(backend),
+        allow_code=allow_code, **_backend_parts(backend),
     )  # fmt: skip
-    return outputs(backend.execute(graph, allow_code=False), device=device)
+    return outputs(backend.execute(graph, allow_code=allow_code), device=device)
 
 
 def run_with_hooks(
@@ -281,6 +295,7 @@ def run_with_hooks(
     if bwd_hooks:
         raise NotImplementedError("bwd_hooks: gradients are not part of the intervention graph")
     _check_ignored(ignored, "run_with_hooks")
+    allow_code = allow_code or backend_allows_code(backend)
     graph, outputs = build_run_with_hooks_graph(
         input, fwd_hooks, backend.hook_names, return_type=return_type, metric=metric, prepend_bos=prepend_bos,
         attention_mask=attention_mask, allow_code=allow_code, **_backend_parts(backend),

@@ -66,6 +66,8 @@ class GraphBuilder:
         self._reads: dict[tuple[int, str], int] = {}  # (run, hook) -> latest Read still valid
         self._save_names: set[str] = set()
         self.handles: list[Any] = []  # Saved handles, filled after execution
+        self.run_hooks: list[tuple[str, Any]] = []
+        """``(hook name, op)`` applied to every run as it is added (a model's registered hooks)."""
         self.frozen = False
 
     # ------------------------------------------------------------------ nodes
