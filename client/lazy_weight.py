@@ -49,6 +49,10 @@ class LazyWeight(torch.Tensor):
         """The weight's name on the server (``"W_E"``, ``"blocks.3.attn.W_O"``)."""
         return self._name
 
+    @property
+    def __telelens_weight__(self) -> str:  # a code hook payload sends the name (trace.code_payload)
+        return self._name
+
     def materialize(self) -> torch.Tensor:
         """The weight itself (fetched on the first call, from the model's cache afterwards)."""
         return self._model.get_weight(self._name)  # type: ignore[no-any-return]

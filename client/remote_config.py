@@ -42,4 +42,3 @@ class RemoteConfig:
     def __repr__(self) -> str:
         keys = ("model_name", "n_layers", "d_model", "n_heads", "d_head", "d_vocab", "dtype")
         return "RemoteConfig(" + ", ".join(f"{k}={getattr(self, k, None)!r}" for k in keys) + ", ...)"
-

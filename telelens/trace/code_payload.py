@@ -8,8 +8,9 @@ A hook written for a local model often captures the model and a cache of its act
 
 Pickled as is for a remote model, ``clean_cache`` drags its ``RemoteModel`` (and the gRPC
 channel) along. :func:`dumps` pickles with persistent ids instead: any model (a ``ModelSurface``:
-a ``RemoteModel`` or a local ``HookedTransformer``) becomes "the executing model", and an
-``ActivationCache`` travels as its tensors and ``has_batch_dim``; :func:`loads` rebuilds both over
+a ``RemoteModel`` or a local ``HookedTransformer``) becomes "the executing model", a remote model's
+lazy weight (``W_U``) becomes its name, and an ``ActivationCache`` travels as its tensors and
+``has_batch_dim``; :func:`loads` rebuilds them over
 the executor's own model (the cache's tensors on that model's device). So a local model is never
 pickled either. Something that cannot travel (a lock, a socket, a generator, an open file, ...) is
 refused before anything is sent, by an :class:`UntransferableCodeError` naming the captured variable.
@@ -32,6 +33,9 @@ from telelens.lens.surface import ModelSurface
 
 MODEL = "telelens:model"
 CACHE = "telelens:activation_cache"
+WEIGHT = "telelens:weight"
+WEIGHT_NAME_ATTR = "__telelens_weight__"
+"""A tensor with this attribute (a weight name: a remote model's lazy ``W_U``) travels as the name."""
 
 
 class UntransferableCodeError(TypeError):
@@ -54,6 +58,9 @@ def _pickler_class() -> type:
                 return (MODEL,)
             if isinstance(obj, ActivationCache) and isinstance(obj.model, ModelSurface):
                 return (CACHE, dict(obj.cache_dict), bool(obj.has_batch_dim))
+            if isinstance(obj, torch.Tensor):
+                weight = getattr(obj, WEIGHT_NAME_ATTR, None)
+                return (WEIGHT, weight) if isinstance(weight, str) else None
             why = _refused(obj)
             if why is not None:
                 raise pickle.PicklingError(f"cannot pickle {type(obj).__name__}: {why}")
@@ -144,6 +151,8 @@ def loads(payload: bytes, model: Any) -> Callable[..., Any]:
             if isinstance(pid, tuple) and len(pid) == 3 and pid[0] == CACHE:
                 tensors = {k: v.to(device) if device is not None else v for k, v in pid[1].items()}
                 return ActivationCache(tensors, model, has_batch_dim=pid[2])
+            if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == WEIGHT:
+                return model.get_weight(pid[1])
             raise pickle.UnpicklingError(f"unknown persistent id in a code payload: {pid!r}")
 
     return _Unpickler(io.BytesIO(payload)).load()  # type: ignore[no-any-return]
