@@ -122,7 +122,7 @@ def _global_names(code: types.CodeType) -> set[str]:
 
 
 def _explain(fn: Any, error: Exception) -> str:
-    fn_name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    fn_name = getattr(fn, "__name__", None) or type(fn).__name__
     for what, value in _captured(fn):
         if isinstance(value, types.ModuleType):
             continue  # modules travel by reference
