@@ -17,15 +17,17 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_map
 
-_T = torch.Tensor
-_METADATA = {
-    _T.shape.__get__, _T.dtype.__get__, _T.device.__get__, _T.ndim.__get__, _T.layout.__get__,  # type: ignore[attr-defined]
-    _T.requires_grad.__get__, _T.is_leaf.__get__, _T.grad.__get__, _T.grad_fn.__get__,  # type: ignore[attr-defined]
-    _T.is_cuda.__get__, _T.is_sparse.__get__, _T.is_quantized.__get__, _T.is_meta.__get__,  # type: ignore[attr-defined]
-    _T.itemsize.__get__, _T.nbytes.__get__,  # type: ignore[attr-defined]
-    _T.dim, _T.size, _T.numel, _T.nelement, _T.element_size, _T.is_floating_point, _T.is_complex,
-    _T.__len__, _T.stride, _T.is_contiguous,
-}  # fmt: skip
+_PROPERTIES = (
+    "shape", "dtype", "device", "ndim", "layout", "requires_grad", "is_leaf", "grad", "grad_fn",
+    "is_cuda", "is_sparse", "is_quantized", "is_meta", "itemsize", "nbytes",
+)  # fmt: skip
+_METHODS = (
+    "dim", "size", "numel", "nelement", "element_size", "is_floating_point", "is_complex", "__len__",
+    "stride", "is_contiguous",
+)  # fmt: skip
+_METADATA = {getattr(torch.Tensor, n).__get__ for n in _PROPERTIES} | {
+    getattr(torch.Tensor, n) for n in _METHODS
+}
 """Tensor attributes answered from the shape and dtype alone: they never fetch the weight."""
 
 
@@ -37,7 +39,9 @@ class LazyWeight(torch.Tensor):
 
     @staticmethod
     def __new__(cls, model: Any, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> LazyWeight:
-        t = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device="cpu", requires_grad=False)  # type: ignore[attr-defined]
+        t = torch.Tensor._make_wrapper_subclass(  # type: ignore[attr-defined]
+            cls, shape, dtype=dtype, device=torch.device("cpu"), requires_grad=False
+        )
         t._model, t._name = model, name
         return t  # type: ignore[no-any-return]
 
@@ -69,7 +73,7 @@ class LazyWeight(torch.Tensor):
         return func(*args, **kwargs)
 
     @classmethod
-    def __torch_dispatch__(
+    def __torch_dispatch__(  # type: ignore[override]
         cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:  # ops that bypass __torch_function__ (C++ internals) still see the real weight
         args, kwargs = tree_map(_real, (args, kwargs or {}))

@@ -22,7 +22,7 @@ def local() -> Any:
 
 
 def test_models_and_caches_become_the_executors(local: Any) -> None:
-    remote = in_process_remote(local)
+    remote: Any = in_process_remote(local)
     _, cache = remote.run_with_cache(torch.tensor([[1, 2, 3]]), names_filter="blocks.0.hook_resid_post")
     flat = ActivationCache({"x": torch.ones(3)}, remote, has_batch_dim=False)
 

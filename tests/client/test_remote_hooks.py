@@ -1,7 +1,7 @@
 """Remote hook management, written as TransformerLens documents it, against the local numbers.
 
 The remote model runs in-process here (``tests/in_process_remote.py``: graphs run on its own copy
-of the local model, by the executor a server uses); ``tests/e2e/test_remote_hooks.py`` runs the
+of the local model, by the executor a server uses); ``tests/e2e/test_remote_hook_snippets.py`` runs the
 seed's snippets against a real server.
 """
 
@@ -42,7 +42,7 @@ def tokens() -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_hooks_persist_snippet(remote: RemoteModel, local: Any, tokens: torch.Tensor) -> None:
+def test_hooks_persist_snippet(remote: Any, local: Any, tokens: torch.Tensor) -> None:
     """TransformerLens's "hooks persist" snippet, unchanged."""
     clean = remote(tokens)
     remote.add_hook(RESID, ops.zero_ablate())
@@ -55,7 +55,7 @@ def test_hooks_persist_snippet(remote: RemoteModel, local: Any, tokens: torch.Te
 
 
 @torch.no_grad()
-def test_registered_hooks_apply_to_every_call(remote: RemoteModel, local: Any, tokens: torch.Tensor) -> None:
+def test_registered_hooks_apply_to_every_call(remote: Any, local: Any, tokens: torch.Tensor) -> None:
     for model in (remote, local):
         model.add_hook(Z, ops.zero_ablate(head=1))
     # run_with_cache sees the hooked activations
@@ -92,7 +92,7 @@ def test_registered_hooks_apply_to_every_call(remote: RemoteModel, local: Any, t
 
 
 @torch.no_grad()
-def test_hooks_context_manager_and_perma_hooks(remote: RemoteModel, local: Any, tokens: torch.Tensor) -> None:
+def test_hooks_context_manager_and_perma_hooks(remote: Any, local: Any, tokens: torch.Tensor) -> None:
     clean = remote(tokens)
     remote.add_perma_hook(RESID, ops.scale(0.5))
     local.add_perma_hook(RESID, ops.scale(0.5))
@@ -113,7 +113,7 @@ def test_hooks_context_manager_and_perma_hooks(remote: RemoteModel, local: Any, 
 
 
 @torch.no_grad()
-def test_prepend_runs_first(remote: RemoteModel, local: Any, tokens: torch.Tensor) -> None:
+def test_prepend_runs_first(remote: Any, local: Any, tokens: torch.Tensor) -> None:
     shift = torch.full((local.cfg.d_model,), 0.25)
     for model in (remote, local):
         model.add_hook(RESID, ops.scale(2.0))
@@ -129,7 +129,7 @@ def test_prepend_runs_first(remote: RemoteModel, local: Any, tokens: torch.Tenso
     assert torch.equal(remote(tokens), local(tokens))
 
 
-def test_hook_points_answer_as_transformerlens(remote: RemoteModel) -> None:
+def test_hook_points_answer_as_transformerlens(remote: Any) -> None:
     point = remote.hook_dict[RESID]
     assert isinstance(point, RemoteHookPoint) and remote.hook_dict[RESID] is point
     assert not point.has_hooks() and point.fwd_hooks == [] and point.bwd_hooks == []
@@ -152,7 +152,7 @@ def test_hook_points_answer_as_transformerlens(remote: RemoteModel) -> None:
     assert point.ctx == {}
 
 
-def test_unknown_names_and_bad_hooks_fail_at_add_time(remote: RemoteModel) -> None:
+def test_unknown_names_and_bad_hooks_fail_at_add_time(remote: Any) -> None:
     with pytest.raises(UnknownHookError, match=r"did you mean blocks\.1\.hook_resid_pre"):
         remote.add_hook("blocks.1.hook_resid_pr", ops.zero_ablate())
     with pytest.raises(TypeError, match=r"an op from telelens\.trace\.ops"):
@@ -166,7 +166,7 @@ def test_unknown_names_and_bad_hooks_fail_at_add_time(remote: RemoteModel) -> No
 
 @torch.no_grad()
 def test_python_hooks_with_allow_code(local: Any, tokens: torch.Tensor) -> None:
-    remote = in_process_remote(tiny_model(GPT2, norm_noise=0.1), allow_code=True)
+    remote: Any = in_process_remote(tiny_model(GPT2, norm_noise=0.1), allow_code=True)
 
     def double(act: torch.Tensor, hook: Any) -> torch.Tensor:
         return act * 2
@@ -186,7 +186,7 @@ def test_python_hooks_with_allow_code(local: Any, tokens: torch.Tensor) -> None:
 
 
 def test_backward_hooks_are_stored_and_passed_as_bwd_hooks(
-    remote: RemoteModel, tokens: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+    remote: Any, tokens: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     grad_op = ops.scale(0.0)
     remote.add_hook(RESID, grad_op, dir="bwd")

@@ -81,7 +81,7 @@ def patching_loop(model: Any, **code: Any) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def test_seed_patching_loop_gives_the_local_numbers(remote: RemoteModel, local: Any) -> None:
+def test_seed_patching_loop_gives_the_local_numbers(remote: Any, local: Any) -> None:
     got = patching_loop(remote, allow_code=True)
     ref = patching_loop(local)
     assert len(got) == local.cfg.n_layers
@@ -92,7 +92,7 @@ def test_seed_patching_loop_gives_the_local_numbers(remote: RemoteModel, local: 
     assert not torch.allclose(remote(CORRUPT)[0, -1], remote(CLEAN)[0, -1])
 
 
-def test_a_hook_capturing_a_lock_is_refused_on_the_client(remote: RemoteModel) -> None:
+def test_a_hook_capturing_a_lock_is_refused_on_the_client(remote: Any) -> None:
     lock = threading.Lock()
 
     def locked_hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -106,7 +106,7 @@ def test_a_hook_capturing_a_lock_is_refused_on_the_client(remote: RemoteModel) -
 
 
 @torch.no_grad()
-def test_hooks_persist_snippet(remote: RemoteModel, local: Any) -> None:
+def test_hooks_persist_snippet(remote: Any, local: Any) -> None:
     name = "blocks.1.hook_resid_pre"
     clean = remote(CLEAN)
     remote.add_hook(name, ops.zero_ablate())
@@ -153,7 +153,7 @@ def test_registered_python_hook_with_allow_code(key_and_server: tuple[str, Any],
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
 
 
-def test_weight_probes_transfer_nothing(remote: RemoteModel, local: Any) -> None:
+def test_weight_probes_transfer_nothing(remote: Any, local: Any) -> None:
     before = remote.transport.bytes_received
     assert hasattr(remote, "W_E") and hasattr(remote, "W_U")
     W_E = getattr(remote, "W_E")  # noqa: B009
