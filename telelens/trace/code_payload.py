@@ -44,7 +44,8 @@ class UntransferableCodeError(TypeError):
 
 def _refused(obj: Any) -> str | None:
     """Why ``obj`` must not travel although pickle might take it (None: let pickle decide)."""
-    if isinstance(obj, io.IOBase):  # cloudpickle would send a file's *contents*, not the file
+    if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
+        # cloudpickle would send a readable file's *contents*, not the file
         return "an open file stays on this machine: read what the hook needs and capture that"
     return None
 
