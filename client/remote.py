@@ -7,7 +7,9 @@ back) and a :class:`~telelens.lens.surface.ModelSurface`: the weight views (``W_
 model's own code, over this class's ``get_weight`` (fetched once, then cached) and ``execute``.
 What stays here is what is remote: the connection, the weight fetch cache, text preparation.
 ``blocks[3].attn.W_O``, ``blocks[3].ln1(x)`` and ``ln_final(x)`` are views over ``get_weight``
-(``telelens.lens.views``).
+(``telelens.lens.views``); weight attributes are lazy tensors (``telelens.client.lazy_weight``), so
+``hasattr(model, "W_E")`` transfers nothing. Hooks registered with ``add_hook`` apply to every later
+run (``telelens.client.remote_hooks``).
 
 Importing this module imports neither gRPC nor ``telelens.core``: the transport is imported
 by :func:`connect`.
@@ -23,7 +25,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from telelens.client.remote_config import RemoteConfig, RemoteHookPoint
+from telelens.client.lazy_weight import LazyWeight
+from telelens.client.remote_config import RemoteConfig
+from telelens.client.remote_hooks import RemoteHookPoint, RemoteHooks
 from telelens.client.tokenizer import RemoteTokenizer
 from telelens.lens.norm import final_norm_kind
 from telelens.lens.surface import ModelSurface
@@ -45,12 +49,13 @@ _LAYER_WEIGHT = re.compile(r"^blocks\.(?P<layer>\d+)\.(attn|mlp)\.(?P<stacked>\w
 
 
 # ---------------------------------------------------------------------------------------- model
-class RemoteModel(ModelSurface):
+class RemoteModel(RemoteHooks, ModelSurface):
     """A model on a telelens server, used like a local ``HookedTransformer``.
 
     Build with :func:`connect`. Everything that runs the model sends one intervention graph;
     only saved values come back (CPU tensors). ``transport`` is the connection
-    (``transport.bytes_received``, ``transport.last_run`` for what moved).
+    (``transport.bytes_received``, ``transport.last_run`` for what moved). ``allow_code`` is the
+    default of every call's ``allow_code`` (Python hook functions, registered or passed).
     """
 
     def __init__(
@@ -58,8 +63,10 @@ class RemoteModel(ModelSurface):
         transport: Transport,
         info: service_pb2.ModelInfo,
         handshake: service_pb2.HandshakeResponse | None = None,
+        allow_code: bool = False,
     ) -> None:
         self.transport = transport
+        self.allow_code = allow_code
         self.model_name: str = info.name
         self.info = info
         self.server_version = handshake.server_version if handshake is not None else None
@@ -109,7 +116,7 @@ class RemoteModel(ModelSurface):
         Code hooks need ``allow_code=True`` here, and a server and API key that allow code.
         Raises ``ir.GraphValidationError`` (naming each bad node) for a graph the server refuses.
         """
-        if not allow_code:
+        if not (allow_code or self.allow_code):
             code = [n.id for n in graph.nodes if isinstance(n, ir.CodeHook)]
             if code:
                 raise ir.GraphValidationError(
@@ -120,12 +127,6 @@ class RemoteModel(ModelSurface):
     def trace(self, allow_code: bool = False) -> Tracer:
         """A tracing context: record a graph, run it on the server on exit (see ``Tracer``)."""
         return Tracer(self, allow_code=allow_code)
-
-    # ------------------------------------------------------------------ hooks
-    @property
-    def hook_dict(self) -> dict[str, RemoteHookPoint]:
-        """Hook points in forward order (names and dimension names; nothing to attach locally)."""
-        return {n: RemoteHookPoint(n, self._hook_shapes[n]) for n in self.hook_names}
 
     # ------------------------------------------------------------------ tokenization
     # to_tokens, to_str_tokens, to_single_token, ...: telelens.lens.tokens.TokenMethods, shared with the
@@ -197,17 +198,21 @@ class RemoteModel(ModelSurface):
         padding_side: Literal["left", "right"] | None = None,
         attention_mask: torch.Tensor | None = None,
         allow_code: bool = False,
+        bwd_hooks: Sequence[tuple[str | Callable[[str], bool], Any]] = (),
         **kwargs: Any,
     ) -> torch.Tensor | None:
-        """The output with ``fwd_hooks`` applied, each a declarative op from ``telelens.trace.ops``.
+        """The output with ``fwd_hooks`` applied (after the registered hooks), each a declarative op
+        from ``telelens.trace.ops``.
 
-        Python functions run as code on the server: they need ``allow_code=True`` and a key
-        that may send code. ``metric=ops.logit_diff(...)`` returns only the metric.
+        Python functions run as code on the server: they need ``allow_code=True`` (or
+        ``model.allow_code``) and a key that may send code. ``metric=ops.logit_diff(...)`` returns
+        only the metric. Registered backward hooks join ``bwd_hooks``.
         """
         tokens, mask = self._prepare(input, prepend_bos, padding_side, attention_mask)
+        bwd = [*self._registered_hooks("bwd"), *bwd_hooks]
         return builders.run_with_hooks(
             self, tokens, fwd_hooks, return_type=return_type, metric=metric, prepend_bos=prepend_bos,
-            attention_mask=mask, allow_code=allow_code, **kwargs,
+            attention_mask=mask, allow_code=allow_code, **({"bwd_hooks": bwd} if bwd else {}), **kwargs,
         )  # fmt: skip
 
     def forward(
@@ -222,7 +227,7 @@ class RemoteModel(ModelSurface):
         stop_at_layer: int | None = None,
         tokens: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """Logits (or the loss, or None) of a forward pass on the server.
+        """Logits (or the loss, or None) of a forward pass on the server, with the registered hooks.
 
         As locally: ``stop_at_layer=L`` returns the residual stream entering block L instead;
         ``start_at_layer=L`` takes that residual [batch, pos, d_model] as ``input`` and runs
@@ -256,15 +261,16 @@ class RemoteModel(ModelSurface):
 
         return step, "cpu"
 
-    @staticmethod
     def _next_token_graph(
-        tokens: torch.Tensor, mask: torch.Tensor | None, greedy: bool
+        self, tokens: torch.Tensor, mask: torch.Tensor | None, greedy: bool
     ) -> tuple[ir.Graph, builders.OutputMap]:
-        """One generation step: the last position's logits [batch, d_vocab_out], or their argmax."""
+        """One generation step (registered hooks applied): the last position's logits
+        [batch, d_vocab_out], or their argmax."""
         from telelens.trace.graph import GraphBuilder
         from telelens.trace.proxies import make_run, save
 
-        builder = GraphBuilder()
+        builder = GraphBuilder(self.hook_names, self.cfg, allow_code=self.allow_code)
+        builder.run_hooks = self._registered_hooks("fwd")
         last = make_run(builder, tokens, attention_mask=mask).logits[:, -1]
         name = save(builder, last.argmax(-1) if greedy else last, "next").name
         return builder.graph(), builders.OutputMap(output=name)
@@ -294,6 +300,16 @@ class RemoteModel(ModelSurface):
     def get_weight(self, name: str) -> torch.Tensor:
         """One weight by name (fetched once, then cached)."""
         return self.get_weights([name])[name]
+
+    def _weight_attr(self, name: str) -> torch.Tensor:
+        """``model.W_E``, ``blocks[3].attn.W_O``: the cached weight, else a lazy tensor that fetches it
+        on first use (``hasattr``, ``.shape``, ``.dtype`` transfer nothing)."""
+        cached = self._cached(name)
+        listed = self.weight_shapes.get(name)
+        dtype = getattr(torch, listed[1], None) if listed is not None else None
+        if cached is not None or listed is None or not isinstance(dtype, torch.dtype):
+            return self.get_weight(name)  # here already, or unknown: get_weight says why
+        return LazyWeight(self, name, listed[0], dtype)
 
     def has_weight(self, name: str) -> bool:
         """Whether the server lists the weight ``name`` (see ``weight_shapes``)."""
@@ -336,6 +352,7 @@ def connect(
     max_result_bytes: int | None = None,
     progress: bool = True,
     options: Sequence[tuple[str, Any]] = (),
+    allow_code: bool = False,
 ) -> RemoteModel:
     """Connect to a telelens server and open one of its models.
 
@@ -343,7 +360,9 @@ def connect(
     server serves exactly one. ``api_key`` defaults to ``$TELELENS_API_KEY``. ``timeout`` is
     the deadline of each call in seconds (None: no deadline for runs). ``tls`` is True (system
     roots), a CA bundle path, PEM bytes or ``grpc.ChannelCredentials``. ``retry`` bounds the
-    retries on UNAVAILABLE (``telelens.client.transport.RetryPolicy``).
+    retries on UNAVAILABLE (``telelens.client.transport.RetryPolicy``). ``allow_code=True`` lets this
+    model send Python hook functions (registered with ``add_hook`` or passed to a call) without
+    ``allow_code=True`` on each call; the server and the key must allow code too.
 
     The handshake runs first: an incompatible server raises ``IncompatibleServerError``
     naming both versions. Then the model's info (config, hooks, tokenizer) is fetched.
@@ -365,7 +384,7 @@ def connect(
     except BaseException:
         transport.close()
         raise
-    return RemoteModel(transport, info, handshake)
+    return RemoteModel(transport, info, handshake, allow_code=allow_code)
 
 
 def list_models(

@@ -1,4 +1,5 @@
-"""What a server says about one of its models, as the client holds it: the config and the hook points."""
+"""What a server says about one of its models, as the client holds it: the config (hook points:
+``telelens.client.remote_hooks``)."""
 
 from __future__ import annotations
 
@@ -41,14 +42,3 @@ class RemoteConfig:
     def __repr__(self) -> str:
         keys = ("model_name", "n_layers", "d_model", "n_heads", "d_head", "d_vocab", "dtype")
         return "RemoteConfig(" + ", ".join(f"{k}={getattr(self, k, None)!r}" for k in keys) + ", ...)"
-
-
-class RemoteHookPoint:
-    """A hook point of the server model: its name and dimension names (nothing to attach to)."""
-
-    def __init__(self, name: str, shape: tuple[str, ...]) -> None:
-        self.name = name
-        self.shape = shape
-
-    def __repr__(self) -> str:
-        return f"<RemoteHookPoint {self.name} [{', '.join(self.shape)}]>"

@@ -218,9 +218,9 @@ class _Executor:
 
     def _code_fn(self, op: ir.CodeHook) -> Callable[..., Any]:
         if op.id not in self.code:
-            import cloudpickle  # only where code is allowed and sent
+            from telelens.trace.code_payload import loads  # cloudpickle: only where code is allowed
 
-            self.code[op.id] = cloudpickle.loads(op.payload)
+            self.code[op.id] = loads(op.payload, self.model)  # captured models/caches: this model's
         return self.code[op.id]
 
     # ------------------------------------------------------------------ sweeps

@@ -95,32 +95,37 @@ class ModelSurface(TokenMethods):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ weights
+    def _weight_attr(self, name: str) -> torch.Tensor:
+        """The weight behind an attribute (``model.W_E``, ``blocks[3].attn.W_O``): ``get_weight`` here;
+        a remote model returns a lazy tensor, so probing an attribute transfers nothing."""
+        return self.get_weight(name)
+
     def _mlp_weight(self, name: str) -> torch.Tensor:
         if getattr(self.cfg, "attn_only", False):
             raise AttributeError("an attention-only model has no MLP weights")
-        return self.get_weight(name)
+        return self._weight_attr(name)
 
     @property
     def W_U(self) -> torch.Tensor:
         """[d_model, d_vocab_out]"""
-        return self.get_weight("W_U")
+        return self._weight_attr("W_U")
 
     @property
     def b_U(self) -> torch.Tensor:
         """[d_vocab_out]"""
-        return self.get_weight("b_U")
+        return self._weight_attr("b_U")
 
     @property
     def W_E(self) -> torch.Tensor:
         """[d_vocab, d_model]"""
-        return self.get_weight("W_E")
+        return self._weight_attr("W_E")
 
     @property
     def W_pos(self) -> torch.Tensor:
         """[n_ctx, d_model] (learned positions only)."""
         if getattr(self.cfg, "positional_embedding_type", "standard") != "standard":
             raise AttributeError("this model uses rotary positions: it has no W_pos")
-        return self.get_weight("W_pos")
+        return self._weight_attr("W_pos")
 
     @property
     def W_E_pos(self) -> torch.Tensor:
@@ -130,40 +135,40 @@ class ModelSurface(TokenMethods):
     @property
     def W_Q(self) -> torch.Tensor:
         """[n_layers, n_heads, d_model, d_head]"""
-        return self.get_weight("W_Q")
+        return self._weight_attr("W_Q")
 
     @property
     def W_K(self) -> torch.Tensor:
         """[n_layers, n_key_value_heads, d_model, d_head]"""
-        return self.get_weight("W_K")
+        return self._weight_attr("W_K")
 
     @property
     def W_V(self) -> torch.Tensor:
         """[n_layers, n_key_value_heads, d_model, d_head]"""
-        return self.get_weight("W_V")
+        return self._weight_attr("W_V")
 
     @property
     def W_O(self) -> torch.Tensor:
         """[n_layers, n_heads, d_head, d_model]"""
-        return self.get_weight("W_O")
+        return self._weight_attr("W_O")
 
     @property
     def b_Q(self) -> torch.Tensor:
         """[n_layers, n_heads, d_head]"""
-        return self.get_weight("b_Q")
+        return self._weight_attr("b_Q")
 
     @property
     def b_K(self) -> torch.Tensor:
-        return self.get_weight("b_K")
+        return self._weight_attr("b_K")
 
     @property
     def b_V(self) -> torch.Tensor:
-        return self.get_weight("b_V")
+        return self._weight_attr("b_V")
 
     @property
     def b_O(self) -> torch.Tensor:
         """[n_layers, d_model]"""
-        return self.get_weight("b_O")
+        return self._weight_attr("b_O")
 
     @property
     def W_in(self) -> torch.Tensor:

@@ -75,7 +75,7 @@ class WeightsView:
             )
         if name == "W_gate" and not getattr(self._model.cfg, "gated_mlp", False):
             return None
-        return self._model.get_weight(f"blocks.{self._layer}.{self._part}.{name}")
+        return self._model._weight_attr(f"blocks.{self._layer}.{self._part}.{name}")
 
     def __dir__(self) -> list[str]:
         return list(self._names)

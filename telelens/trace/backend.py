@@ -22,7 +22,9 @@ class GraphBackend(Protocol):
     ``hook_names`` lists the model's hook points in forward order (only those that fire
     under the model's current settings); ``cfg`` is an object with TransformerLens config
     attributes (``n_layers``, ``n_heads``, ``d_model``, ``d_head``, ``d_vocab``, ...).
-    A backend may also offer ``to_tokens(text) -> torch.Tensor`` ([batch, pos] ids).
+    A backend may also offer ``to_tokens(text) -> torch.Tensor`` ([batch, pos] ids), an
+    ``allow_code`` default for its calls, and ``_registered_hooks("fwd")``: ``(hook name, op)``
+    pairs applied to every run of every graph built for it (a remote model's ``add_hook``).
     """
 
     cfg: Any
@@ -36,6 +38,17 @@ class GraphBackend(Protocol):
     def execute(self, graph: ir.Graph, allow_code: bool = False) -> dict[str, torch.Tensor]:
         """Validate and run ``graph``; return every saved value by its save name."""
         ...
+
+
+def backend_allows_code(backend: Any) -> bool:
+    """The backend's default for ``allow_code`` (a remote model's ``allow_code``; False otherwise)."""
+    return bool(getattr(backend, "allow_code", False))
+
+
+def backend_run_hooks(backend: Any, dir: str = "fwd") -> list[tuple[str, Any]]:
+    """The hooks registered on the backend, applied to every run (none for a local backend)."""
+    registered = getattr(backend, "_registered_hooks", None)
+    return list(registered(dir)) if registered is not None else []
 
 
 def backend_to_tokens(backend: Any, text: str | list[str], prepend_bos: bool | None = None) -> torch.Tensor:

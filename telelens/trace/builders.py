@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from telelens.protos import ir
-from telelens.trace.backend import GraphBackend
+from telelens.trace.backend import GraphBackend, backend_allows_code, backend_run_hooks
 from telelens.trace.backward import add_backward_hooks, add_cache_grads
 from telelens.trace.graph import GraphBuilder, UnknownHookError, hook_suggestions
 from telelens.trace.layer_range import LayerSpan
@@ -27,6 +27,8 @@ from telelens.trace.ops import python as python_op
 from telelens.trace.proxies import RunProxy, ValueProxy, make_run, save
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
+RunHooks = Sequence[tuple[str, HookOp]]
+"""``(hook name, op)`` applied to every run first: a model's registered hooks (``add_hook``)."""
 ModelInput = str | Sequence[str] | torch.Tensor
 RETURN_TYPES = ("logits", "loss", None)
 
@@ -83,8 +85,10 @@ def _start(
     to_tokens: Callable[..., torch.Tensor] | None,
     span: LayerSpan | None = None,
     tokens: torch.Tensor | None = None,
+    run_hooks: RunHooks = (),
 ) -> tuple[GraphBuilder, RunProxy, torch.Tensor | None]:
-    """A builder with one run; for ``return_type="loss"`` also the token ids (loss needs them).
+    """A builder with one run (``run_hooks`` applied to it); for ``return_type="loss"`` also the
+    token ids (loss needs them).
 
     With ``span.start`` set, ``input`` is the residual stream entering that block (``tokens``:
     the token ids, for the loss only); see :func:`_start_from_residual`.
@@ -92,6 +96,7 @@ def _start(
     if return_type not in RETURN_TYPES:
         raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
     builder = GraphBuilder(hook_names, cfg, allow_code=allow_code)
+    builder.run_hooks = list(run_hooks)
     if span is not None and span.start is not None:
         return _start_from_residual(builder, input, span, attention_mask, return_type, tokens)
     tokens = None
@@ -220,6 +225,7 @@ def build_run_with_cache_graph(
     start_at_layer: int | None = None,
     stop_at_layer: int | None = None,
     tokens: torch.Tensor | None = None,
+    run_hooks: RunHooks = (),
 ) -> tuple[ir.Graph, OutputMap]:
     """One run, a Save per selected hook (named after the hook) and the output.
 
@@ -242,7 +248,17 @@ def build_run_with_cache_graph(
     if incl_bwd and span.stop is not None:
         raise ValueError("incl_bwd=True differentiates the loss: it cannot be combined with stop_at_layer")
     builder, run, tokens = _start(
-        input, hook_names, cfg, allow_code, prepend_bos, attention_mask, return_type, to_tokens, span, tokens
+        input,
+        hook_names,
+        cfg,
+        allow_code,
+        prepend_bos,
+        attention_mask,
+        return_type,
+        to_tokens,
+        span,
+        tokens,
+        run_hooks,
     )
     add_backward_hooks(builder, run, bwd_hooks, lambda f: resolve_names_filter(f, hook_names))
     cache: dict[str, str] = {}
@@ -299,6 +315,7 @@ def build_run_with_hooks_graph(
     start_at_layer: int | None = None,
     stop_at_layer: int | None = None,
     tokens: torch.Tensor | None = None,
+    run_hooks: RunHooks = (),
 ) -> tuple[ir.Graph, OutputMap]:
     """One run with each ``(name_or_filter, op)`` applied, returning the output or ``metric``.
 
@@ -322,6 +339,7 @@ def build_run_with_hooks_graph(
         to_tokens,
         span,
         tokens,
+        run_hooks,
     )
     for target, fn in fwd_hooks:
         op = _as_op(fn, allow_code)
@@ -343,7 +361,11 @@ def build_run_with_hooks_graph(
 
 
 def _backend_parts(backend: GraphBackend) -> dict[str, Any]:
-    return {"cfg": getattr(backend, "cfg", None), "to_tokens": getattr(backend, "to_tokens", None)}
+    return {
+        "cfg": getattr(backend, "cfg", None),
+        "to_tokens": getattr(backend, "to_tokens", None),
+        "run_hooks": backend_run_hooks(backend),
+    }
 
 
 def run_with_cache(
@@ -375,11 +397,12 @@ def run_with_cache(
     on a remote result) and only the cached gradients travel back. ``bwd_hooks`` (declarative ops,
     or functions with ``allow_code=True``) act on those gradients during that backward pass."""
     _check_ignored(ignored, "run_with_cache")
+    allow_code = allow_code or backend_allows_code(backend)  # registered code hooks run in every call
     graph, outputs = build_run_with_cache_graph(
         input, names_filter, backend.hook_names, return_type=return_type, prepend_bos=prepend_bos,
         attention_mask=attention_mask, pos_slice=pos_slice, remove_batch_dim=remove_batch_dim, dtype=dtype,
-        incl_bwd=incl_bwd, bwd_hooks=bwd_hooks, allow_code=allow_code, start_at_layer=start_at_layer,
-        stop_at_layer=stop_at_layer, tokens=tokens, **_backend_parts(backend),
+        incl_bwd=incl_bwd, bwd_hooks=[*backend_run_hooks(backend, "bwd"), *bwd_hooks], allow_code=allow_code,
+        start_at_layer=start_at_layer, stop_at_layer=stop_at_layer, tokens=tokens, **_backend_parts(backend),
     )  # fmt: skip
     return outputs(backend.execute(graph, allow_code=allow_code), device=device)
 
@@ -407,10 +430,11 @@ def run_with_hooks(
     client cannot call ``.backward()`` on a remote result: to see gradients, ask for them in the
     same call (``run_with_cache(..., incl_bwd=True, bwd_hooks=...)``, or ``.grad`` in a trace)."""
     _check_ignored(ignored, "run_with_hooks")
+    allow_code = allow_code or backend_allows_code(backend)
     graph, outputs = build_run_with_hooks_graph(
         input, fwd_hooks, backend.hook_names, return_type=return_type, metric=metric, prepend_bos=prepend_bos,
-        attention_mask=attention_mask, allow_code=allow_code, bwd_hooks=bwd_hooks, start_at_layer=start_at_layer,
-        stop_at_layer=stop_at_layer, tokens=tokens, **_backend_parts(backend),
+        attention_mask=attention_mask, allow_code=allow_code, bwd_hooks=[*backend_run_hooks(backend, "bwd"), *bwd_hooks],
+        start_at_layer=start_at_layer, stop_at_layer=stop_at_layer, tokens=tokens, **_backend_parts(backend),
     )  # fmt: skip
     return outputs(backend.execute(graph, allow_code=allow_code))[0]
 

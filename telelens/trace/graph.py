@@ -67,6 +67,8 @@ class GraphBuilder:
         self._save_names: set[str] = set()
         self.handles: list[Any] = []  # Saved handles, filled after execution
         self.backward_of: int | None = None  # the metric of the latest ``metric.backward()``
+        self.run_hooks: list[tuple[str, Any]] = []
+        """``(hook name, op)`` applied to every run as it is added (a model's registered hooks)."""
         self.frozen = False
 
     # ------------------------------------------------------------------ nodes
@@ -139,9 +141,9 @@ class GraphBuilder:
         if not callable(fn):
             raise TypeError(f"code hooks must be callable, got {type(fn).__name__}")
         self.check_hook(hook)
-        import cloudpickle  # only code hooks need it (the `remote` extra)
+        from telelens.trace.code_payload import dumps  # cloudpickle: only code hooks need it
 
-        node_id = self.add(ir.CodeHook, run=run, hook=hook, payload=cloudpickle.dumps(fn))
+        node_id = self.add(ir.CodeHook, run=run, hook=hook, payload=dumps(fn))
         self._reads.pop((run, hook), None)
         return node_id
 

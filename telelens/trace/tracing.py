@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from telelens.protos import ir
-from telelens.trace.backend import GraphBackend
+from telelens.trace.backend import GraphBackend, backend_allows_code, backend_run_hooks
 from telelens.trace.graph import GraphBuilder
 from telelens.trace.proxies import (
     HookProxy,
@@ -56,10 +56,11 @@ class Tracer:
 
     def __init__(self, backend: GraphBackend, allow_code: bool = False) -> None:
         self.backend = backend
-        self.allow_code = allow_code
+        self.allow_code = allow_code or backend_allows_code(backend)
         self.builder = GraphBuilder(
-            getattr(backend, "hook_names", None), getattr(backend, "cfg", None), allow_code=allow_code
+            getattr(backend, "hook_names", None), getattr(backend, "cfg", None), allow_code=self.allow_code
         )
+        self.builder.run_hooks = backend_run_hooks(backend)
         self.result: dict[str, torch.Tensor] | None = None
         """Every saved value by name, once the graph has run."""
 

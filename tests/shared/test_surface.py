@@ -22,14 +22,15 @@ from telelens.core.graph.weights import _all_names, weight_error, weight_shape
 from telelens.protos import ir, service_pb2
 
 TORCH_MODULE_API = "torch module API"
-HOOKS_ISSUE_11 = "remote hooks management: issue 11"
 
 SWITCHES = "hook switches reconfigure the in-process modules; a server's are set when it serves"
-HOOKS_MANAGEMENT = (
-    "add_hook", "add_perma_hook", "reset_hooks", "hooks", "remove_all_hook_fns", "clear_contexts",
-    "get_caching_hooks", "cache_all", "cache_some", "hook_points", "setup", "context_level",
-)  # fmt: skip
-"""Hooks attached in this process (``HookedRootModule``); remotely, hooks are ops in a graph for now."""
+IN_PROCESS_CACHING = (
+    "caching hooks fill a dict in this process as the model runs; remotely, run_with_cache names what travels"
+)
+CACHING_HOOKS = ("get_caching_hooks", "cache_all", "cache_some")
+"""``HookedRootModule``'s caching hooks. The rest of its hook management (``add_hook``,
+``add_perma_hook``, ``reset_hooks``, ``hooks``, ``remove_all_hook_fns``, ``clear_contexts``,
+``hook_points``, ``context_level``) is common to both classes."""
 
 HOOK_SWITCHES = (
     "disabled_hook_reason", "set_use_attn_result", "set_use_attn_in", "set_use_hook_mlp_in",
@@ -37,7 +38,8 @@ HOOK_SWITCHES = (
 )  # fmt: skip
 
 LOCAL_ONLY: dict[str, str] = {
-    **dict.fromkeys(HOOKS_MANAGEMENT, HOOKS_ISSUE_11),
+    **dict.fromkeys(CACHING_HOOKS, IN_PROCESS_CACHING),
+    "setup": "names the in-process hook point modules (a remote model's come from the server)",
     **dict.fromkeys(HOOK_SWITCHES, SWITCHES),
     "from_pretrained": "loads weights into this process (remotely: telelens.connect)",
     "from_pretrained_no_processing": "loads weights into this process (remotely: telelens.connect)",
@@ -51,8 +53,8 @@ LOCAL_ONLY: dict[str, str] = {
     "embed": "module tree: its weight is W_E",
     "pos_embed": "module tree: its weight is W_pos",
     "unembed": "module tree: its weights are W_U and b_U",
-    "hook_embed": "a hook point module (remote hooks: issue 11)",
-    "hook_pos_embed": "a hook point module (remote hooks: issue 11)",
+    "hook_embed": "a hook point module (remotely: hook_dict['hook_embed'])",
+    "hook_pos_embed": "a hook point module (remotely: hook_dict['hook_pos_embed'])",
 }
 """Names only the local ``HookedTransformer`` has; ``nn.Module``'s own are declared as a group."""
 
@@ -63,6 +65,8 @@ REMOTE_ONLY: dict[str, str] = {
     "server_version": "the server's version from the handshake",
     "weight_shapes": "the weights the server lists, with shapes and dtypes, before any is fetched",
     "model_name": "the name the server serves the model under",
+    "allow_code": "whether this connection sends Python hook functions (telelens.connect(allow_code=...))",
+    "list_hooks": "TransformerLens 3.9's list_hooks (the local one comes with the local hooks API slice)",
 }
 """Names only the ``RemoteModel`` has."""
 
@@ -132,8 +136,8 @@ def test_class_surfaces_match(local: Any, remote: RemoteModel) -> None:
     assert not local_cls - remote_cls - torch_api - set(LOCAL_ONLY) - {"hook_names"}  # hook_names: an
     # attribute remotely, a property locally
     assert (
-        not remote_cls - local_cls - set(REMOTE_ONLY) - {"hook_dict"}
-    )  # hook_dict: a module attribute locally
+        not remote_cls - local_cls - set(REMOTE_ONLY) - {"hook_dict", "context_level"}
+    )  # hook_dict, context_level: module attributes locally
 
 
 @pytest.mark.parametrize("preset", [GPT2, LLAMA_GQA], ids=["gpt2", "llama"])
