@@ -28,6 +28,7 @@ SWITCHES = "hook switches reconfigure the in-process modules; a server's are set
 HOOKS_MANAGEMENT = (
     "add_hook", "add_perma_hook", "reset_hooks", "hooks", "remove_all_hook_fns", "clear_contexts",
     "get_caching_hooks", "cache_all", "cache_some", "hook_points", "setup", "context_level",
+    "list_hooks", "check_and_add_hook", "check_hooks_to_add", "add_caching_hooks", "is_caching",
 )  # fmt: skip
 """Hooks attached in this process (``HookedRootModule``); remotely, hooks are ops in a graph for now."""
 
