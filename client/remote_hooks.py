@@ -196,7 +196,37 @@ class RemoteHooks:
         points = self._points(name)
         op = as_hook_op(hook, self._code_allowed())  # checked once, even when the filter selects nothing
         for point in points:
+            self.check_hooks_to_add(
+                point, point.name, hook, dir=dir, is_permanent=is_permanent, prepend=prepend
+            )
             point._register(RemoteLensHandle(op, is_permanent, level, hook), dir, prepend)
+
+    def check_and_add_hook(
+        self,
+        hook_point: RemoteHookPoint,
+        hook_point_name: str,
+        hook: Any,
+        dir: Literal["fwd", "bwd"] = "fwd",
+        is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
+    ) -> None:
+        """Run :meth:`check_hooks_to_add`, then register the hook at the point (TransformerLens's API)."""
+        self.check_hooks_to_add(
+            hook_point, hook_point_name, hook, dir=dir, is_permanent=is_permanent, prepend=prepend
+        )
+        hook_point.add_hook(hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def check_hooks_to_add(
+        self,
+        hook_point: RemoteHookPoint,
+        hook_point_name: str,
+        hook: Any,
+        dir: Literal["fwd", "bwd"] = "fwd",
+        is_permanent: bool = False,
+        prepend: bool = False,
+    ) -> None:
+        """Override to refuse some hooks (raise); the default accepts every hook."""
 
     def add_perma_hook(self, name: HookTarget, hook: Any, dir: Literal["fwd", "bwd"] = "fwd") -> None:
         """Register a hook that survives ``reset_hooks()``."""

@@ -589,8 +589,8 @@ def test_run_with_hooks_graph():
         builders.build_run_with_hooks_graph(["a", "b"], [], HOOKS, return_type="loss")
     with pytest.raises(ValueError, match="return_type"):
         builders.build_run_with_hooks_graph(TOKENS, [], HOOKS, return_type="both")
-    with pytest.raises(NotImplementedError):
-        builders.run_with_hooks(Recorder(), TOKENS, bwd_hooks=[(H, ops.zero_ablate())])
+    graph, _ = builders.build_run_with_hooks_graph(TOKENS, [], HOOKS, bwd_hooks=[(H, ops.zero_ablate())])
+    assert [n.hook for n in of(graph, ir.GradWrite)] == [H]  # a backward hook compiles to a gradient write
     with pytest.raises(TypeError, match="unsupported"):
         builders.run_with_cache(Recorder(), TOKENS, shortformer_pos_embed=None)
 

@@ -27,10 +27,10 @@ SWITCHES = "hook switches reconfigure the in-process modules; a server's are set
 IN_PROCESS_CACHING = (
     "caching hooks fill a dict in this process as the model runs; remotely, run_with_cache names what travels"
 )
-CACHING_HOOKS = ("get_caching_hooks", "cache_all", "cache_some")
+CACHING_HOOKS = ("get_caching_hooks", "cache_all", "cache_some", "add_caching_hooks", "is_caching")
 """``HookedRootModule``'s caching hooks. The rest of its hook management (``add_hook``,
 ``add_perma_hook``, ``reset_hooks``, ``hooks``, ``remove_all_hook_fns``, ``clear_contexts``,
-``hook_points``, ``context_level``) is common to both classes."""
+``hook_points``, ``context_level``, ``list_hooks``, ``check_and_add_hook``, ``check_hooks_to_add``) is common to both classes."""
 
 HOOK_SWITCHES = (
     "disabled_hook_reason", "set_use_attn_result", "set_use_attn_in", "set_use_hook_mlp_in",
@@ -66,7 +66,6 @@ REMOTE_ONLY: dict[str, str] = {
     "weight_shapes": "the weights the server lists, with shapes and dtypes, before any is fetched",
     "model_name": "the name the server serves the model under",
     "allow_code": "whether this connection sends Python hook functions (telelens.connect(allow_code=...))",
-    "list_hooks": "TransformerLens 3.9's list_hooks (the local one comes with the local hooks API slice)",
 }
 """Names only the ``RemoteModel`` has."""
 
