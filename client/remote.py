@@ -206,13 +206,13 @@ class RemoteModel(RemoteHooks, ModelSurface):
 
         Python functions run as code on the server: they need ``allow_code=True`` (or
         ``model.allow_code``) and a key that may send code. ``metric=ops.logit_diff(...)`` returns
-        only the metric. Registered backward hooks join ``bwd_hooks``.
+        only the metric. Registered backward hooks act where gradients are computed
+        (``run_with_cache(..., incl_bwd=True)``).
         """
         tokens, mask = self._prepare(input, prepend_bos, padding_side, attention_mask)
-        bwd = [*self._registered_hooks("bwd"), *bwd_hooks]
         return builders.run_with_hooks(
             self, tokens, fwd_hooks, return_type=return_type, metric=metric, prepend_bos=prepend_bos,
-            attention_mask=mask, allow_code=allow_code, **({"bwd_hooks": bwd} if bwd else {}), **kwargs,
+            attention_mask=mask, allow_code=allow_code, bwd_hooks=bwd_hooks, **kwargs,
         )  # fmt: skip
 
     def forward(

@@ -428,12 +428,14 @@ def run_with_hooks(
 
     ``bwd_hooks`` are checked and compiled, but a backward hook cannot change the output and the
     client cannot call ``.backward()`` on a remote result: to see gradients, ask for them in the
-    same call (``run_with_cache(..., incl_bwd=True, bwd_hooks=...)``, or ``.grad`` in a trace)."""
+    same call (``run_with_cache(..., incl_bwd=True, bwd_hooks=...)``, or ``.grad`` in a trace).
+    A backend's registered backward hooks join ``bwd_hooks`` where gradients are computed
+    (``run_with_cache(incl_bwd=True)``), not here."""
     _check_ignored(ignored, "run_with_hooks")
     allow_code = allow_code or backend_allows_code(backend)
     graph, outputs = build_run_with_hooks_graph(
         input, fwd_hooks, backend.hook_names, return_type=return_type, metric=metric, prepend_bos=prepend_bos,
-        attention_mask=attention_mask, allow_code=allow_code, bwd_hooks=[*backend_run_hooks(backend, "bwd"), *bwd_hooks],
+        attention_mask=attention_mask, allow_code=allow_code, bwd_hooks=bwd_hooks,
         start_at_layer=start_at_layer, stop_at_layer=stop_at_layer, tokens=tokens, **_backend_parts(backend),
     )  # fmt: skip
     return outputs(backend.execute(graph, allow_code=allow_code))[0]

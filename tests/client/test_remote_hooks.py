@@ -192,17 +192,21 @@ def test_backward_hooks_are_stored_and_passed_as_bwd_hooks(
     remote.add_hook(RESID, grad_op, dir="bwd")
     assert remote.hook_dict[RESID].has_hooks("bwd") and not remote.hook_dict[RESID].has_hooks("fwd")
     seen: dict[str, Any] = {}
+    build = builders.build_run_with_cache_graph
 
-    def spy(backend: Any, *args: Any, bwd_hooks: Any = (), **kwargs: Any) -> Any:
+    def spy(*args: Any, bwd_hooks: Any = (), **kwargs: Any) -> Any:
         seen["bwd_hooks"] = list(bwd_hooks)
-        return None
+        return build(*args, bwd_hooks=bwd_hooks, **kwargs)
 
-    monkeypatch.setattr(builders, "run_with_hooks", spy)
+    monkeypatch.setattr(builders, "build_run_with_cache_graph", spy)
     call_op = ops.scale(2.0)
-    remote.run_with_hooks(tokens, [], bwd_hooks=[(Z, call_op)])
+    _, cache = remote.run_with_cache(
+        tokens, [RESID], return_type="loss", incl_bwd=True, bwd_hooks=[(Z, call_op)]
+    )
     assert seen["bwd_hooks"] == [(RESID, grad_op), (Z, call_op)]  # registered first
-    remote(tokens)  # a plain forward computes no gradient: no backward hooks
-    assert seen["bwd_hooks"] == []
+    assert torch.count_nonzero(cache[RESID + "_grad"]) == 0  # the registered scale(0) acted on it
+    remote.run_with_cache(tokens, [RESID])
+    assert seen["bwd_hooks"] == [(RESID, grad_op)]  # passed along; no gradient asked for, nothing runs
     remote.reset_hooks(direction="fwd")
     assert remote.hook_dict[RESID].has_hooks("bwd")
     remote.reset_hooks(direction="bwd")
