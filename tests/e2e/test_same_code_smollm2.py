@@ -150,5 +150,5 @@ def test_stop_at_layer(remote: Any, local: Any) -> None:
 def test_probes_transfer_nothing(remote: Any) -> None:
     before = remote.transport.bytes_received
     assert hasattr(remote, "W_E") and hasattr(remote, "W_U")
-    assert getattr(remote, "W_E").shape == (remote.cfg.d_vocab, remote.cfg.d_model)
+    assert remote.W_E.shape == (remote.cfg.d_vocab, remote.cfg.d_model)
     assert remote.transport.bytes_received == before
