@@ -6,10 +6,8 @@ back) and a :class:`~telelens.lens.surface.ModelSurface`: the weight views (``W_
 ``QK``, ...), ``accumulated_bias``, ``loss_fn``, token methods and ``generate`` are the local
 model's own code, over this class's ``get_weight`` (fetched once, then cached) and ``execute``.
 What stays here is what is remote: the connection, the weight fetch cache, text preparation.
-``blocks[3].attn.W_O``, ``blocks[3].ln1(x)`` and ``ln_final(x)`` are views over ``get_weight``
-(``telelens.lens.views``); weight attributes are lazy tensors (``telelens.client.lazy_weight``), so
-``hasattr(model, "W_E")`` transfers nothing. Hooks registered with ``add_hook`` apply to every later
-run (``telelens.client.remote_hooks``).
+``blocks[3].attn.W_O``, ``blocks[3].ln1(x)``, ``ln_final(x)``: views over ``get_weight`` (``lens.views``);
+weight attributes are lazy (``client.lazy_weight``); ``add_hook`` hooks: ``client.remote_hooks``.
 
 Importing this module imports neither gRPC nor ``telelens.core``: the transport is imported
 by :func:`connect`.
