@@ -589,8 +589,10 @@ def test_run_with_hooks_graph():
         builders.build_run_with_hooks_graph(["a", "b"], [], HOOKS, return_type="loss")
     with pytest.raises(ValueError, match="return_type"):
         builders.build_run_with_hooks_graph(TOKENS, [], HOOKS, return_type="both")
-    with pytest.raises(NotImplementedError):
-        builders.run_with_hooks(Recorder(), TOKENS, bwd_hooks=[(H, ops.zero_ablate())])
+    graph, _ = builders.build_run_with_hooks_graph(TOKENS, [], HOOKS, bwd_hooks=[(H, ops.zero_ablate())])
+    assert [(w.hook, w.mode, w.value) for w in of(graph, ir.GradWrite)] == [(H, "set", 0.0)]
+    with pytest.raises(PermissionError, match="allow_code"):
+        builders.build_run_with_hooks_graph(TOKENS, [], HOOKS, bwd_hooks=[(H, ops.mean_ablate())])
     with pytest.raises(TypeError, match="unsupported"):
         builders.run_with_cache(Recorder(), TOKENS, stop_at_layer=1)
 
