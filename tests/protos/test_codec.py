@@ -21,8 +21,8 @@ from telelens.protos.torch_tensors import tensor_data_from_torch, tensor_data_to
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
 
-def _golden_module():
-    spec = importlib.util.spec_from_file_location("golden_graph_v1", GOLDEN_DIR / "graph_v1.py")
+def _golden_module(name: str = "graph_v1"):
+    spec = importlib.util.spec_from_file_location(f"golden_{name}", GOLDEN_DIR / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -57,9 +57,14 @@ def test_golden_graph_round_trips_and_is_well_formed():
     types = {type(n) for n in graph.nodes} | {
         type(m) for n in graph.nodes if isinstance(n, ir.Sweep) for m in n.metric
     }
-    assert types == set(ir.NODE_TYPES)
+    later = _golden_module("gradients_v1")  # node types added after graph_v1 (same version)
+    assert types | set(later.NODE_TYPES) == set(ir.NODE_TYPES)
     assert codec.graph_from_bytes(codec.graph_to_bytes(graph)) == graph
     assert codec.decode_graph(codec.encode_graph(graph)) == graph
+    grads = later.build_graph()
+    assert check_structure(grads) == []
+    assert set(later.NODE_TYPES) <= {type(n) for n in grads.nodes}
+    assert codec.decode_graph(codec.encode_graph(grads)) == grads
 
 
 def test_golden_file_decodes_to_the_graph_built_in_code():
@@ -74,6 +79,10 @@ def test_golden_file_decodes_to_the_graph_built_in_code():
     )
     # Encoding is stable too: the same graph gives the same bytes (fields only ever added).
     assert codec.graph_to_bytes(graph) == data
+    grads = _golden_module("gradients_v1")
+    data = (GOLDEN_DIR / "gradients_v1.bin").read_bytes()
+    assert codec.graph_from_bytes(data) == grads.build_graph(), "the gradient ops' wire format changed"
+    assert codec.graph_to_bytes(grads.build_graph()) == data
 
 
 def test_every_index_item_and_operand_round_trips():

@@ -590,7 +590,9 @@ def test_run_with_hooks_graph():
     with pytest.raises(ValueError, match="return_type"):
         builders.build_run_with_hooks_graph(TOKENS, [], HOOKS, return_type="both")
     graph, _ = builders.build_run_with_hooks_graph(TOKENS, [], HOOKS, bwd_hooks=[(H, ops.zero_ablate())])
-    assert [n.hook for n in of(graph, ir.GradWrite)] == [H]  # a backward hook compiles to a gradient write
+    assert [(w.hook, w.mode, w.value) for w in of(graph, ir.GradWrite)] == [(H, "set", 0.0)]
+    with pytest.raises(PermissionError, match="allow_code"):
+        builders.build_run_with_hooks_graph(TOKENS, [], HOOKS, bwd_hooks=[(H, ops.mean_ablate())])
     with pytest.raises(TypeError, match="unsupported"):
         builders.run_with_cache(Recorder(), TOKENS, shortformer_pos_embed=None)
 
