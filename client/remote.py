@@ -309,6 +309,11 @@ class RemoteModel(RemoteHooks, ModelSurface):
             return self.get_weight(name)  # here already, or unknown: get_weight says why
         return LazyWeight(self, name, listed[0], dtype)
 
+    @property
+    def n_params_total(self) -> int:
+        """Every parameter of the served model (as the server counts them: ``HookedTransformer.n_params_total``)."""
+        return int(self.cfg.n_params_total)
+
     def has_weight(self, name: str) -> bool:
         """Whether the server lists the weight ``name`` (see ``weight_shapes``)."""
         return name in self.weight_shapes

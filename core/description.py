@@ -52,14 +52,15 @@ def describe_model(
 
     cfg = model.cfg
     dtype_names = {v: k for k, v in TORCH_DTYPES.items()}
+    config_extra = {"n_params_total": model.n_params_total, **(config_extra or {})}
     hooks = tuple((name, tuple(hook_dims(name))) for name in hook_table(model).order if name != ir.LOGITS)
     return ModelDescription(
         architecture=str(cfg.original_architecture or ""),
         n_layers=cfg.n_layers,
-        n_params=sum(p.numel() for p in model.parameters()),  # a tied weight counts once
+        n_params=model.n_params_total,  # a tied weight counts once
         dtype=dtype_names.get(cfg.dtype, str(cfg.dtype).removeprefix("torch.")),
         device=str(cfg.device),
-        config_json=json.dumps({**cfg.to_dict(), **(config_extra or {})}, default=str),
+        config_json=json.dumps({**cfg.to_dict(), **config_extra}, default=str),
         hooks=hooks,
         tokenizer_json=tokenizer_json(model.tokenizer),
         tokenizer_config_json=json.dumps(tokenizer_config(model)),

@@ -160,6 +160,12 @@ class HookedTransformer(PretrainedConstructors, ModelSurface, HookedRootModule):
             raise AttributeError(error)
         return weights.get_weight(self, name)
 
+    @property
+    def n_params_total(self) -> int:
+        """Every parameter, embeddings, biases and norms included (a tied weight counted once), as
+        TransformerLens counts it; ``cfg.n_params`` counts only the blocks' weight matrices."""
+        return sum(p.numel() for p in self.parameters())
+
     def has_weight(self, name: str) -> bool:
         from telelens.core.graph.weights import weight_error
 

@@ -152,13 +152,18 @@ def _free_port() -> int:
 
 
 # ---------------------------------------------------------------------------------------- connect
-def test_connect_describes_the_model(remote, local, backend, url):
+def test_connect_describes_the_model(remote, local, backend, url, tiny_folder):
+    import transformers
+
     assert isinstance(remote, GraphBackend)
     assert remote.hook_names == backend.hook_names
     for field in ("n_layers", "d_model", "n_heads", "d_head", "d_vocab", "n_ctx", "d_mlp", "act_fn"):
         assert getattr(remote.cfg, field) == getattr(local.cfg, field), field
     assert remote.cfg.dtype == torch.float32 and remote.cfg.device == "cpu"
     assert remote.cfg.n_params == local.cfg.n_params
+    # TransformerLens's n_params_total: every parameter, as Hugging Face's num_parameters() counts them
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_folder))
+    assert remote.n_params_total == local.n_params_total == hf.num_parameters()
     shapes = local.hook_shapes()
     assert all(dims == shapes[name] for name, dims in remote.hook_shapes().items())
     assert remote.hook_dict[PAT].shape == ("batch", "head_index", "query_pos", "key_pos")
