@@ -24,7 +24,7 @@ from telelens.trace.graph import GraphBuilder, UnknownHookError, hook_suggestion
 from telelens.trace.layer_range import LayerSpan
 from telelens.trace.ops import HookOp, Metric
 from telelens.trace.ops import python as python_op
-from telelens.trace.proxies import RunProxy, ValueProxy, make_run, save
+from telelens.trace.proxies import RunProxy, ValueProxy, make_run, save, with_run_hooks
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 RunHooks = Sequence[tuple[str, HookOp]]
@@ -147,8 +147,11 @@ def _start_from_residual(
         placeholder = tokens  # one constant for the run and the loss
     else:
         placeholder = torch.zeros(batch_pos, dtype=torch.int32)
+    registered, builder.run_hooks = builder.run_hooks, []
     run = make_run(builder, placeholder, attention_mask=attention_mask)
     run[span.entry_hook] = input
+    builder.run_hooks = registered
+    with_run_hooks(run)  # after the start value: a registered hook at the entry point sees it, as locally
     return builder, run, tokens
 
 

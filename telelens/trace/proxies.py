@@ -232,7 +232,7 @@ def make_run(
         mask = ir.Ref(builder.constant(m[None] if m.dim() == 1 else m))
     if texts:
         run_id = builder.add(ir.Run, text=texts, prepend_bos=prepend_bos, attention_mask=mask)
-        return _with_run_hooks(RunProxy(builder, run_id, len(texts)))
+        return with_run_hooks(RunProxy(builder, run_id, len(texts)))
     tokens = _as_tensor(input)
     if tokens is None or tokens.numel() == 0:
         raise TypeError(
@@ -246,10 +246,10 @@ def make_run(
         raise ValueError(f"token ids must be [pos] or [batch, pos], got shape {tuple(tokens.shape)}")
     # prepend_bos only applies to text (TransformerLens ignores it for token ids too)
     run_id = builder.add(ir.Run, tokens=ir.Ref(builder.constant(tokens)), attention_mask=mask)
-    return _with_run_hooks(RunProxy(builder, run_id, int(tokens.shape[0])))
+    return with_run_hooks(RunProxy(builder, run_id, int(tokens.shape[0])))
 
 
-def _with_run_hooks(run: RunProxy) -> RunProxy:
+def with_run_hooks(run: RunProxy) -> RunProxy:
     """``run`` with the builder's registered hooks applied (before anything else reads or writes it)."""
     for hook, op in run._builder.run_hooks:
         op.to_nodes(run._builder, run, hook)

@@ -211,3 +211,18 @@ def test_backward_hooks_are_stored_and_passed_as_bwd_hooks(
     assert remote.hook_dict[RESID].has_hooks("bwd")
     remote.reset_hooks(direction="bwd")
     assert not remote.hook_dict[RESID].has_hooks()
+
+
+def test_registered_hooks_with_start_and_stop_at_layer(remote: Any, local: Any, tokens: torch.Tensor) -> None:
+    """A registered hook at the entry point of ``start_at_layer`` sees the given residual (as locally);
+    hooks before it never fire; with ``stop_at_layer`` hooks after the stop never fire."""
+    resid = local(tokens, stop_at_layer=1).detach()
+    hooks = [("blocks.1.hook_resid_pre", ops.scale(2.0)), ("blocks.0.hook_resid_post", ops.zero_ablate())]
+    for name, op in hooks:
+        remote.add_hook(name, op)
+    with local.hooks(fwd_hooks=hooks):  # a local hook edits the activation in place: give each call a copy
+        want_start = local(resid.clone(), start_at_layer=1)
+        want_stop = local(tokens, stop_at_layer=1)
+    assert torch.equal(remote(resid.clone(), start_at_layer=1), want_start)
+    assert torch.equal(remote(tokens, stop_at_layer=1), want_stop)
+    assert torch.equal(want_start, local(2 * resid, start_at_layer=1))  # the entry hook acted, once
