@@ -63,18 +63,9 @@ class RemoteHookPoint(HookPointHooks[HookOp]):
         """Scratch space kept on this side (a code hook's ``hook.ctx`` is the worker's)."""
         self._allow_code = allow_code
 
-    def add_hook(
-        self,
-        hook: Any,
-        dir: Literal["fwd", "bwd"] = "fwd",
-        is_permanent: bool = False,
-        level: int | None = None,
-        prepend: bool = False,
-    ) -> None:
-        """Register ``hook`` (an op, or a function when code is allowed) for every later run."""
-        check_direction(dir, ("fwd", "bwd"))
-        op = as_hook_op(hook, self._allow_code())
-        self._push(LensHandle(op, is_permanent, level, hook), dir, prepend)
+    def _attach(self, hook: Any, dir: Literal["fwd", "bwd"], prepend: bool) -> HookOp:
+        """The op every later graph compiles at this point (an op, or a function when code is allowed)."""
+        return as_hook_op(hook, self._allow_code())
 
     def _detach(self, handle: LensHandle[HookOp]) -> None:
         """Nothing to detach: a hook removed from the lists is left out of the next graph."""

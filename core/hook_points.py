@@ -22,7 +22,6 @@ from telelens.lens.hook_management import (
     HookPointHooks,
     LensHandle,
     NamesFilter,
-    check_direction,
 )
 
 if TYPE_CHECKING:
@@ -57,36 +56,22 @@ class HookPoint(HookPointHooks[RemovableHandle], nn.Module):
         """True when a forward hook listens here (the component must produce this activation)."""
         return bool(self._forward_hooks)
 
-    def add_hook(
-        self,
-        hook: HookFunction,
-        dir: Literal["fwd", "bwd"] = "fwd",
-        is_permanent: bool = False,
-        level: int | None = None,
-        prepend: bool = False,
-    ) -> None:
-        """Register ``hook(tensor, hook=self)``; a returned tensor replaces the activation.
-
-        ``prepend=True`` makes it fire before the hooks already here; ``fwd_hooks`` /
-        ``bwd_hooks`` list the handles in firing order either way.
-        """
-        check_direction(dir, ("fwd", "bwd"))
+    def _attach(self, hook: HookFunction, dir: Literal["fwd", "bwd"], prepend: bool) -> RemovableHandle:
+        """Wrap ``hook`` as a torch forward or full backward hook on this module."""
         if dir == "fwd":
 
             def full_fwd(module: nn.Module, inputs: Any, output: torch.Tensor) -> Any:
                 return hook(output, hook=self)
 
             full_fwd.__name__ = _hook_label(hook)
-            handle = self.register_forward_hook(full_fwd, prepend=prepend)
-        else:
+            return self.register_forward_hook(full_fwd, prepend=prepend)
 
-            def full_bwd(module: nn.Module, grad_input: Any, grad_output: Any) -> Any:
-                out = hook(grad_output[0], hook=self)
-                return None if out is None else (out if isinstance(out, tuple) else (out,))
+        def full_bwd(module: nn.Module, grad_input: Any, grad_output: Any) -> Any:
+            out = hook(grad_output[0], hook=self)
+            return None if out is None else (out if isinstance(out, tuple) else (out,))
 
-            full_bwd.__name__ = _hook_label(hook)
-            handle = self.register_full_backward_hook(full_bwd, prepend=prepend)
-        self._push(LensHandle(handle, is_permanent, level, user_hook=hook), dir, prepend)
+        full_bwd.__name__ = _hook_label(hook)
+        return self.register_full_backward_hook(full_bwd, prepend=prepend)
 
     def _detach(self, handle: LensHandle[RemovableHandle]) -> None:
         handle.hook.remove()

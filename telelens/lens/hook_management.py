@@ -4,7 +4,7 @@ A hook point keeps its hooks as :class:`LensHandle` lists (``fwd_hooks``, ``bwd_
 firing order); a root keeps its hook points in ``hook_dict``. What differs between the two sides
 is how a hook is attached and detached: the local :class:`~telelens.core.hook_points.HookPoint`
 wraps it as a torch module hook, the remote one stores a graph op that every later run compiles.
-Each side therefore writes ``add_hook`` (root and point) and :meth:`HookPointHooks._detach`; the
+Each side therefore writes the root's ``add_hook`` and the point's ``_attach``/``_detach``; the
 rules for listing, removing, resetting and scoping hooks are these, TransformerLens's.
 """
 
@@ -48,8 +48,8 @@ def check_direction(dir: str, allowed: tuple[str, ...] = ("fwd", "bwd", "both"))
 class HookPointHooks(Generic[H]):
     """A hook point's hook lists and TransformerLens's rules for them.
 
-    The host sets ``name``, ``fwd_hooks``, ``bwd_hooks`` and ``ctx``, and writes ``add_hook``
-    (which ends in :meth:`_push`) and :meth:`_detach`.
+    The host sets ``name``, ``fwd_hooks``, ``bwd_hooks`` and ``ctx``, and writes how a hook is
+    attached and detached (:meth:`_attach`, :meth:`_detach`).
     """
 
     name: str | None
@@ -65,7 +65,19 @@ class HookPointHooks(Generic[H]):
         level: int | None = None,
         prepend: bool = False,
     ) -> None:
-        """Register ``hook`` here; ``prepend=True`` makes it fire before the hooks already here."""
+        """Register ``hook``: it is called as ``hook(activation, hook=self)`` (``bwd``: with the
+        activation's gradient), and a tensor it returns replaces the activation.
+
+        ``prepend=True`` makes it fire before the hooks already here; ``fwd_hooks`` /
+        ``bwd_hooks`` list the handles in firing order either way.
+        """
+        check_direction(dir, ("fwd", "bwd"))
+        attached = self._attach(hook, dir, prepend)
+        self._push(LensHandle(attached, is_permanent, level, user_hook=hook), dir, prepend)
+
+    def _attach(self, hook: Any, dir: Literal["fwd", "bwd"], prepend: bool) -> H:
+        """Make ``hook`` fire here (first among this point's hooks when ``prepend``); return what
+        its handle holds."""
         raise NotImplementedError
 
     def _detach(self, handle: LensHandle[H]) -> None:
@@ -74,7 +86,6 @@ class HookPointHooks(Generic[H]):
 
     def _push(self, handle: LensHandle[H], dir: Literal["fwd", "bwd"], prepend: bool) -> None:
         """Put ``handle`` in the list of ``dir``, in firing order (first when ``prepend``)."""
-        check_direction(dir, ("fwd", "bwd"))
         handles = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
         if prepend:
             handles.insert(0, handle)
