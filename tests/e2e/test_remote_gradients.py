@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from server_helpers import TinyServer, load_tiny_local, make_tiny_folder, serve_tiny
+from server_helpers import TinyServer, load_tiny_local
 
 from telelens.client import RemoteModel, ops
 
@@ -17,21 +17,8 @@ ATOL, RTOL = 1e-5, 1e-4
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_folder(tmp_path_factory.mktemp("grads") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def server(
-    ray_cluster: None, tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TinyServer]:
-    with serve_tiny(tiny_folder, tmp_path_factory.mktemp("grads-server"), allow_code=True) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def remote(server: TinyServer) -> Iterator[RemoteModel]:
-    with server.connect() as model:
+def remote(tiny_server: TinyServer) -> Iterator[RemoteModel]:
+    with tiny_server.connect() as model:
         yield model
 
 

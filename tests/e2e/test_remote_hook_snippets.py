@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from server_helpers import TinyServer, load_tiny_local, make_tiny_folder, serve_tiny
+from server_helpers import TinyServer, load_tiny_local
 
 from telelens.client import RemoteModel, ops
 from telelens.trace.code_payload import UntransferableCodeError
@@ -25,22 +25,9 @@ CORRUPT = torch.tensor([[0, 5, 17, 40, 8, 61, 2]])
 POS = 3
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_folder(tmp_path_factory.mktemp("rhooks") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def server(
-    ray_cluster: None, tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TinyServer]:
-    with serve_tiny(tiny_folder, tmp_path_factory.mktemp("rhooks-server"), allow_code=True) as server:
-        yield server
-
-
 @pytest.fixture
-def remote(server: TinyServer) -> Iterator[RemoteModel]:
-    with server.connect() as model:
+def remote(tiny_server: TinyServer) -> Iterator[RemoteModel]:
+    with tiny_server.connect() as model:
         yield model
 
 
@@ -116,8 +103,8 @@ def test_hooks_persist_snippet(remote: Any, local: Any) -> None:
 
 
 @torch.no_grad()
-def test_registered_python_hook_with_allow_code(server: TinyServer, local: Any) -> None:
-    with server.connect(allow_code=True) as model:
+def test_registered_python_hook_with_allow_code(tiny_server: TinyServer, local: Any) -> None:
+    with tiny_server.connect(allow_code=True) as model:
         _, clean_cache = model.run_with_cache(CLEAN, names_filter=lambda n: n.endswith("hook_resid_pre"))
 
         def patch_hook(act: torch.Tensor, hook: Any) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from server_helpers import load_tiny_local, make_tiny_folder, serve_tiny
+from server_helpers import TinyServer, load_tiny_local
 
 from telelens.client import RemoteModel, ops
 
@@ -22,15 +22,8 @@ TOL: dict[str, Any] = dict(atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_folder(tmp_path_factory.mktemp("tiny") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def remote(
-    ray_cluster: None, tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RemoteModel]:
-    with serve_tiny(tiny_folder, tmp_path_factory.mktemp("server")) as server, server.connect() as model:
+def remote(tiny_server: TinyServer) -> Iterator[RemoteModel]:
+    with tiny_server.connect() as model:
         yield model
 
 
