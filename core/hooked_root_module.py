@@ -8,8 +8,7 @@ are in :mod:`telelens.core.hook_points`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -19,16 +18,20 @@ from telelens.core.hook_points import (
     Direction,
     HookFunction,
     HookPoint,
-    LensHandle,
     NamesFilter,
     resolve_names_filter,
 )
+from telelens.lens.hook_management import RootHooks
 
 logger = logging.getLogger(__name__)
 
 
-class HookedRootModule(nn.Module):
-    """Root module that knows its hook points by name and runs with hooks or a cache."""
+class HookedRootModule(RootHooks[HookPoint], nn.Module):
+    """Root module that knows its hook points by name and runs with hooks or a cache.
+
+    Hook management (``list_hooks``, ``reset_hooks``, ``hooks()``, ...) is the shared
+    :class:`~telelens.lens.hook_management.RootHooks`; this class adds the module tree and caching.
+    """
 
     def __init__(self, *args: Any) -> None:
         super().__init__()
@@ -48,27 +51,6 @@ class HookedRootModule(nn.Module):
             self.mod_dict[name] = module
             if isinstance(module, HookPoint):
                 self.hook_dict[name] = module
-
-    def hook_points(self) -> list[HookPoint]:
-        """All hook points, in module order."""
-        return list(self.hook_dict.values())
-
-    def list_hooks(
-        self, name_filter: NamesFilter = None, dir: Direction = "both", including_permanent: bool = True
-    ) -> dict[str, list[LensHandle]]:
-        """The attached hooks by hook point name (points without hooks are left out)."""
-        accept = resolve_names_filter(name_filter)
-        out: dict[str, list[LensHandle]] = {}
-        for name, hp in self.hook_dict.items():
-            if not accept(name):
-                continue
-            handles = (hp.fwd_hooks if dir in ("fwd", "both") else []) + (
-                hp.bwd_hooks if dir in ("bwd", "both") else []
-            )
-            handles = [h for h in handles if including_permanent or not h.is_permanent]
-            if handles:
-                out[name] = handles
-        return out
 
     def _check_hook_name(self, name: str) -> HookPoint:
         try:
@@ -105,51 +87,6 @@ class HookedRootModule(nn.Module):
                 if name(hook_name) and not self.disabled_hook_reason(hook_name):
                     self.check_and_add_hook(hp, hook_name, hook, dir, is_permanent, level, prepend)
 
-    def check_and_add_hook(
-        self,
-        hook_point: HookPoint,
-        hook_point_name: str,
-        hook: HookFunction,
-        dir: Literal["fwd", "bwd"] = "fwd",
-        is_permanent: bool = False,
-        level: int | None = None,
-        prepend: bool = False,
-    ) -> None:
-        """Run :meth:`check_hooks_to_add`, then add the hook to the point."""
-        self.check_hooks_to_add(
-            hook_point, hook_point_name, hook, dir=dir, is_permanent=is_permanent, prepend=prepend
-        )
-        hook_point.add_hook(hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
-
-    def check_hooks_to_add(
-        self,
-        hook_point: HookPoint,
-        hook_point_name: str,
-        hook: HookFunction,
-        dir: Literal["fwd", "bwd"] = "fwd",
-        is_permanent: bool = False,
-        prepend: bool = False,
-    ) -> None:
-        """Override to refuse some hooks (raise); the default accepts every hook."""
-
-    def add_perma_hook(
-        self, name: str | Callable[[str], bool], hook: HookFunction, dir: Literal["fwd", "bwd"] = "fwd"
-    ) -> None:
-        """Add a hook that survives ``reset_hooks()``."""
-        self.add_hook(name, hook, dir=dir, is_permanent=True)
-
-    def remove_all_hook_fns(
-        self, direction: Direction = "both", including_permanent: bool = False, level: int | None = None
-    ) -> None:
-        """Remove the hooks of every point (see :meth:`HookPoint.remove_hooks`)."""
-        for hp in self.hook_dict.values():
-            hp.remove_hooks(direction, including_permanent=including_permanent, level=level)
-
-    def clear_contexts(self) -> None:
-        """Empty every hook point's ``ctx`` dict."""
-        for hp in self.hook_dict.values():
-            hp.clear_context()
-
     def reset_hooks(
         self,
         clear_contexts: bool = True,
@@ -157,33 +94,9 @@ class HookedRootModule(nn.Module):
         including_permanent: bool = False,
         level: int | None = None,
     ) -> None:
-        """Remove hooks (not permanent ones unless asked) and clear hook contexts."""
-        if clear_contexts:
-            self.clear_contexts()
-        self.remove_all_hook_fns(direction, including_permanent, level=level)
+        """Remove hooks (not permanent ones unless asked) and clear hook contexts; caching stops."""
+        super().reset_hooks(clear_contexts, direction, including_permanent, level)
         self.is_caching = False
-
-    @contextmanager
-    def hooks(
-        self,
-        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFunction]] = (),
-        bwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFunction]] = (),
-        reset_hooks_end: bool = True,
-        clear_contexts: bool = False,
-    ) -> Iterator[HookedRootModule]:
-        """Context manager: the hooks are active inside the block and removed after it."""
-        self.context_level += 1
-        level = self.context_level
-        try:
-            for name, fn in fwd_hooks:
-                self.add_hook(name, fn, dir="fwd", level=level)
-            for name, fn in bwd_hooks:
-                self.add_hook(name, fn, dir="bwd", level=level)
-            yield self
-        finally:
-            if reset_hooks_end:
-                self.reset_hooks(clear_contexts, including_permanent=False, level=level)
-            self.context_level -= 1
 
     def run_with_hooks(
         self,

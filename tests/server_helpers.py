@@ -1,7 +1,10 @@
-"""Shared by the server tests: a tiny model folder with a tokenizer, and a raw-stub Run client."""
+"""Shared by the server tests: a tiny model folder with a tokenizer, a server for it, and a raw-stub
+Run client."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,45 @@ def make_tiny_folder(folder: Path, seed: int = 0) -> Path:
     )
     fast.save_pretrained(folder)
     return folder
+
+
+@dataclass(frozen=True)
+class TinyServer:
+    """A running server for the model "tiny": its loopback URL and an API key that may use it."""
+
+    url: str
+    key: str
+
+    def connect(self, **options: Any) -> Any:
+        """``telelens.connect`` to "tiny" with this key (no progress bars); ``options`` are connect's."""
+        import telelens
+
+        return telelens.connect(self.url, model="tiny", api_key=self.key, progress=False, **options)
+
+
+@contextmanager
+def serve_tiny(folder: Path, base: Path, allow_code: bool = False) -> Iterator[TinyServer]:
+    """Serve ``folder`` as "tiny" on a free loopback port (Ray must be up), weights as saved, with one
+    API key; keys file and data go under ``base``. Stops the server on exit."""
+    from telelens.server._private.auth import add_key
+    from telelens.server.app import run_server
+    from telelens.server.config import ServeConfig
+
+    keys = base / "keys.yaml"
+    key = add_key(keys, "tester", allow_code=allow_code)
+    config = ServeConfig.for_model(
+        str(folder), name="tiny", port=0, keys_file=str(keys), allow_code=allow_code,
+        data_dir=str(base / "data"), process_weights=False,  # compared with from_pretrained_no_processing
+    )  # fmt: skip
+    with run_server(config) as handle:
+        yield TinyServer(f"grpc://127.0.0.1:{handle.port}", key)
+
+
+def load_tiny_local(folder: Path) -> Any:
+    """The model in ``folder`` in this process, weights as saved (what ``serve_tiny`` serves)."""
+    from telelens.core.hooked_transformer import HookedTransformer
+
+    return HookedTransformer.from_pretrained_no_processing(str(folder), device="cpu").eval()
 
 
 def local_execute(model: Any, graph: ir.Graph, limits: ir.Limits | None = None, threads: int = 1) -> dict:

@@ -152,6 +152,22 @@ def test_hook_points_answer_as_transformerlens(remote: Any) -> None:
     assert point.ctx == {}
 
 
+def test_remove_hooks_follows_transformerlens_on_both_sides(remote: Any, local: Any) -> None:
+    """TransformerLens 3.9: ``including_permanent=True`` removes every hook, whatever its level;
+    otherwise only the non-permanent hooks of ``level`` go."""
+    for model in (remote, local):
+        point = model.hook_dict[RESID]
+        point.add_hook(ops.scale(2.0), is_permanent=True)
+        point.add_hook(ops.scale(3.0), level=1)
+        point.add_hook(ops.scale(4.0), level=2)
+        point.remove_hooks(level=1)
+        assert [(h.is_permanent, h.context_level) for h in point.fwd_hooks] == [(True, None), (False, 2)]
+        point.remove_hooks(including_permanent=True, level=1)
+        assert point.fwd_hooks == [] and not point.has_hooks()
+    with pytest.raises(ValueError, match="direction"):
+        remote.hook_dict[RESID].remove_hooks("sideways")  # type: ignore[arg-type]
+
+
 def test_unknown_names_and_bad_hooks_fail_at_add_time(remote: Any) -> None:
     with pytest.raises(UnknownHookError, match=r"did you mean blocks\.1\.hook_resid_pre"):
         remote.add_hook("blocks.1.hook_resid_pr", ops.zero_ablate())

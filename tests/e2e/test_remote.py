@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from server_helpers import load_tiny_local
 
 import telelens
 import telelens.client.transport as transport_mod
@@ -133,9 +134,7 @@ def remote(url: str) -> Iterator[RemoteModel]:
 
 @pytest.fixture(scope="module")
 def local(tiny_folder: Path) -> Any:
-    from telelens.core.hooked_transformer import HookedTransformer
-
-    return HookedTransformer.from_pretrained_no_processing(str(tiny_folder), device="cpu").eval()
+    return load_tiny_local(tiny_folder)
 
 
 @pytest.fixture(scope="module")

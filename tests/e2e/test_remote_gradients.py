@@ -3,58 +3,28 @@ the requested ones; the numbers equal the local HookedTransformer's (Transformer
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from server_helpers import make_tiny_folder
+from server_helpers import TinyServer, load_tiny_local
 
-import telelens
 from telelens.client import RemoteModel, ops
 
-KEY = "tl-grad-key"
 ATOL, RTOL = 1e-5, 1e-4
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_folder(tmp_path_factory.mktemp("grads") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def url(ray_cluster: None, tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from telelens.server._private.auth import hash_key
-    from telelens.server.app import run_server
-    from telelens.server.config import ServeConfig
-
-    base = tmp_path_factory.mktemp("grads-server")
-    keys = base / "keys.json"
-    keys.write_text(
-        json.dumps({"keys": [{"name": "t", "key_sha256": hash_key(KEY), "models": "*", "allow_code": True}]})
-    )
-    config = ServeConfig.for_model(
-        str(tiny_folder), name="tiny", port=0, data_dir=str(base / "data"), keys_file=str(keys),
-        allow_code=True, process_weights=False,
-    )  # fmt: skip
-    with run_server(config) as handle:
-        yield f"grpc://127.0.0.1:{handle.port}"
-
-
-@pytest.fixture(scope="module")
-def remote(url: str) -> Iterator[RemoteModel]:
-    model = telelens.connect(url, model="tiny", api_key=KEY, progress=False)
-    yield model
-    model.close()
+def remote(tiny_server: TinyServer) -> Iterator[RemoteModel]:
+    with tiny_server.connect() as model:
+        yield model
 
 
 @pytest.fixture(scope="module")
 def local(tiny_folder: Path) -> Any:
-    from telelens.core.hooked_transformer import HookedTransformer
-
-    return HookedTransformer.from_pretrained_no_processing(str(tiny_folder), device="cpu").eval()
+    return load_tiny_local(tiny_folder)
 
 
 CLEAN = torch.tensor([[0, 5, 9, 14, 3, 22, 7, 40], [0, 8, 2, 61, 17, 4, 33, 12]])

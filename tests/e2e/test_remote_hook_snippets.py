@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 import torch
-from server_helpers import make_tiny_folder
+from server_helpers import TinyServer, load_tiny_local
 
-import telelens
 from telelens.client import RemoteModel, ops
 from telelens.trace.code_payload import UntransferableCodeError
 
@@ -26,42 +25,15 @@ CORRUPT = torch.tensor([[0, 5, 17, 40, 8, 61, 2]])
 POS = 3
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_folder(tmp_path_factory.mktemp("rhooks") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def key_and_server(
-    ray_cluster: None, tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Any]]:
-    from telelens.server._private.auth import add_key
-    from telelens.server.app import run_server
-    from telelens.server.config import ServeConfig
-
-    base = tmp_path_factory.mktemp("rhooks-server")
-    key = add_key(base / "keys.yaml", "coder", allow_code=True)
-    config = ServeConfig.for_model(
-        str(tiny_folder), name="tiny", port=0, keys_file=str(base / "keys.yaml"), allow_code=True,
-        data_dir=str(base / "data"), process_weights=False,  # compared with from_pretrained_no_processing
-    )  # fmt: skip
-    with run_server(config) as handle:
-        yield key, handle
-
-
 @pytest.fixture
-def remote(key_and_server: tuple[str, Any]) -> Iterator[RemoteModel]:
-    key, server = key_and_server
-    model = telelens.connect(f"grpc://127.0.0.1:{server.port}", model="tiny", api_key=key, progress=False)
-    yield model
-    model.close()
+def remote(tiny_server: TinyServer) -> Iterator[RemoteModel]:
+    with tiny_server.connect() as model:
+        yield model
 
 
 @pytest.fixture(scope="module")
 def local(tiny_folder: Path) -> Any:
-    from telelens.core.hooked_transformer import HookedTransformer
-
-    return HookedTransformer.from_pretrained_no_processing(str(tiny_folder), device="cpu").eval()
+    return load_tiny_local(tiny_folder)
 
 
 def patching_loop(model: Any, **code: Any) -> list[torch.Tensor]:
@@ -131,10 +103,8 @@ def test_hooks_persist_snippet(remote: Any, local: Any) -> None:
 
 
 @torch.no_grad()
-def test_registered_python_hook_with_allow_code(key_and_server: tuple[str, Any], local: Any) -> None:
-    key, server = key_and_server
-    url = f"grpc://127.0.0.1:{server.port}"
-    with telelens.connect(url, model="tiny", api_key=key, progress=False, allow_code=True) as model:
+def test_registered_python_hook_with_allow_code(tiny_server: TinyServer, local: Any) -> None:
+    with tiny_server.connect(allow_code=True) as model:
         _, clean_cache = model.run_with_cache(CLEAN, names_filter=lambda n: n.endswith("hook_resid_pre"))
 
         def patch_hook(act: torch.Tensor, hook: Any) -> torch.Tensor:

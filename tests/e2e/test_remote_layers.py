@@ -12,11 +12,9 @@ from typing import Any
 
 import pytest
 import torch
-from server_helpers import make_tiny_folder
+from server_helpers import TinyServer, load_tiny_local
 
-import telelens
 from telelens.client import RemoteModel, ops
-from telelens.server._private.auth import add_key
 
 N_LAYERS = 2
 TOKENS = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(0))
@@ -24,34 +22,14 @@ TOL: dict[str, Any] = dict(atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_folder(tmp_path_factory.mktemp("tiny") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def remote(
-    ray_cluster: None, tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RemoteModel]:
-    from telelens.server.app import run_server
-    from telelens.server.config import ServeConfig
-
-    keys = tmp_path_factory.mktemp("keys") / "keys.yaml"
-    key = add_key(keys, "tester")
-    config = ServeConfig.for_model(
-        str(tiny_folder), name="tiny", port=0, process_weights=False, keys_file=str(keys),
-        data_dir=str(tmp_path_factory.mktemp("data")),
-    )  # fmt: skip
-    with run_server(config) as handle:
-        model = telelens.connect(f"grpc://127.0.0.1:{handle.port}", model="tiny", api_key=key, progress=False)
+def remote(tiny_server: TinyServer) -> Iterator[RemoteModel]:
+    with tiny_server.connect() as model:
         yield model
-        model.close()
 
 
 @pytest.fixture(scope="module")
 def local(tiny_folder: Path) -> Any:
-    from telelens.core.hooked_transformer import HookedTransformer
-
-    return HookedTransformer.from_pretrained_no_processing(str(tiny_folder), device="cpu").eval()
+    return load_tiny_local(tiny_folder)
 
 
 def assert_same_cache(local: Any, remote: Any) -> None:
