@@ -15,6 +15,8 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from telelens.lens.utils_lm import sample_logits
+
 StepFn = Callable[
     [torch.Tensor, "torch.Tensor | None", torch.Tensor, "torch.Tensor | None", bool], torch.Tensor
 ]
@@ -48,43 +50,6 @@ def generation_options(generation_kwargs: dict[str, Any]) -> bool:
             stacklevel=3,
         )
     return output_logits
-
-
-def sample_logits(
-    logits: torch.Tensor,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    temperature: float = 1.0,
-    freq_penalty: float = 0.0,
-    tokens: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick the next token from final-position logits [batch, d_vocab] -> [batch].
-
-    ``temperature == 0`` is greedy. Frequency penalty, then temperature, then top-k, then
-    top-p (nucleus) filtering, as TransformerLens and Hugging Face apply them.
-    """
-    if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if freq_penalty > 0 and tokens is not None:
-        counts = torch.zeros_like(logits).scatter_add_(
-            -1, tokens, torch.ones_like(tokens, dtype=logits.dtype)
-        )
-        logits = logits - freq_penalty * counts
-    if top_k is not None and top_k > 0:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0.0 < top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cum > top_p
-        drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()  # keep the token that crosses top_p
-        drop_sorted[..., 0] = False
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 def generation_loop(
@@ -150,7 +115,8 @@ def generation_loop(
         pad_id = tokenizer.eos_token_id
     else:
         pad_id = eos_token_id[0] if eos_token_id else 0
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    if seed is not None:  # TransformerLens samples from torch's global generator: so do we
+        torch.manual_seed(seed)
     greedy = not do_sample or temperature == 0.0
     step_logits: list[torch.Tensor] = []
 
@@ -164,7 +130,14 @@ def generation_loop(
         if greedy:
             nxt = out.argmax(dim=-1) if output_logits else out
         else:
-            nxt = sample_logits(out, top_k, top_p, temperature, freq_penalty, all_tokens, generator)
+            nxt = sample_logits(
+                out,
+                top_k=top_k,
+                top_p=top_p,
+                temperature=temperature,
+                freq_penalty=freq_penalty,
+                tokens=all_tokens,
+            ).to(device)
         nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
         if eos_ids.numel():
             finished |= torch.isin(nxt, eos_ids)

@@ -74,3 +74,18 @@ def test_transformer_lens_cache_names() -> None:
     entry = telelens.TransformerLensKeyValueCacheEntry.init_cache_entry(dict(CFG), "cpu", 3)
     keys, values = entry.append(torch.ones(3, 2, 2, 4), torch.zeros(3, 2, 2, 4))
     assert keys.shape == values.shape == entry.past_values.shape == (3, 2, 2, 4)  # type: ignore[union-attr]
+
+
+def test_sampled_generation_matches_transformer_lens_under_a_seed() -> None:
+    """Sampling draws from torch's global generator with TransformerLens's ``sample_logits``: after the
+    same ``torch.manual_seed``, the same tokens (top-k, temperature, frequency penalty)."""
+    model = _model()
+    kw = dict(
+        max_new_tokens=8, do_sample=True, top_k=20, temperature=0.8, freq_penalty=0.5, stop_at_eos=False
+    )
+    for use_past_kv_cache in (True, False):
+        torch.manual_seed(7)
+        sampled = model.generate(
+            TENSORS["model.tokens"], verbose=False, use_past_kv_cache=use_past_kv_cache, **kw
+        )
+        assert torch.equal(sampled, TENSORS["model.sampled"])
