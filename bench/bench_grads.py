@@ -200,7 +200,9 @@ def print_table(times: dict[str, list[float]], base_name: str) -> None:
     base = min(times[base_name])
     print(f"   {'variant':18s} {'min ms':>9s} {'median ms':>10s} {f'min / {base_name}':>20s}")
     for name, ts in times.items():
-        print(f"   {name:18s} {1e3 * min(ts):9.1f} {1e3 * statistics.median(ts):10.1f} {min(ts) / base:19.2f}x")
+        print(
+            f"   {name:18s} {1e3 * min(ts):9.1f} {1e3 * statistics.median(ts):10.1f} {min(ts) / base:19.2f}x"
+        )
 
 
 def check(label: str, got: Grads, want: Grads) -> None:
@@ -210,7 +212,9 @@ def check(label: str, got: Grads, want: Grads) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--sites", choices=("resid_pre", "z_mlp"), default="resid_pre")
