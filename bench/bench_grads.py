@@ -59,7 +59,7 @@ def sites(n_layers: int, kind: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def load_models() -> tuple[torch.nn.Module, HookedTransformer]:
+def load_models() -> tuple[Any, HookedTransformer]:
     from transformers import AutoModelForCausalLM
 
     from telelens.core.loading.resolve import bundled_gguf
@@ -78,9 +78,9 @@ def as_hook_shape(name: str, t: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ variants
-def hf_reference(hf: torch.nn.Module, tokens: torch.Tensor, where: list, metric: Callable) -> Grads:
+def hf_reference(hf: Any, tokens: torch.Tensor, where: list, metric: Callable) -> Grads:
     """Torch autograd on the HF model: retain_grad on each site's tensor (not timed)."""
-    acts: dict[str, torch.Tensor] = {}
+    acts: dict[str, Any] = {}
     handles = []
     for name, path, kind in where:
         module = hf.get_submodule(path)
@@ -103,7 +103,7 @@ def hf_reference(hf: torch.nn.Module, tokens: torch.Tensor, where: list, metric:
     return {name: as_hook_shape(name, acts[name].grad, n_heads) for name, _, _ in where}
 
 
-def hf_floor(hf: torch.nn.Module, tokens: torch.Tensor, metric: Callable) -> torch.Tensor:
+def hf_floor(hf: Any, tokens: torch.Tensor, metric: Callable) -> torch.Tensor:
     emb = hf.get_input_embeddings()(tokens).requires_grad_()  # [batch, pos, d_model], a leaf
     metric(hf(inputs_embeds=emb).logits).backward()
     return emb.grad
