@@ -33,6 +33,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--models", default="*", help='comma-separated model names, or "*" (default)')
     add.add_argument("--allow-code", action="store_true", help="the key may send code hooks")
     add.add_argument("--priority", type=int, default=0, help="scheduling priority (higher first)")
+    revoke = keys_sub.add_parser(
+        "revoke", help="remove a key (a running server refuses it from its next reload)"
+    )
+    revoke.add_argument("name", help="the key's name")
+    revoke.add_argument("--keys-file", required=True, help="the YAML keys file")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -88,12 +93,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from telelens.server._private.auth import add_key
+    from telelens.server._private.auth import add_key, revoke_key
 
+    if args.keys_command == "revoke":
+        try:
+            revoke_key(args.keys_file, args.name)
+        except (ValueError, OSError) as e:  # ConfigError is a ValueError
+            print(f"telelens keys revoke: {e}", file=sys.stderr)
+            return 2
+        print(f"# removed {args.name!r}'s key from {args.keys_file}", file=sys.stderr)
+        return 0
     models = None if args.models.strip() == "*" else [m.strip() for m in args.models.split(",") if m.strip()]
     try:
         key = add_key(args.keys_file, args.name, models, args.allow_code, args.priority)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # ConfigError is a ValueError
         print(f"telelens keys add: {e}", file=sys.stderr)
         return 2
     print(key)

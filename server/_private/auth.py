@@ -13,16 +13,20 @@ priority and limit overrides::
         limits: {max_result_bytes: 1 GiB}
 
 Clients send ``authorization: Bearer <key>`` metadata. A missing or unknown key is
-UNAUTHENTICATED (the key is never echoed); a model the key may not use is PERMISSION_DENIED.
-The file is re-read when it changes, so keys can be added without a restart.
+UNAUTHENTICATED (the key is never echoed). A model the key may not use answers exactly like a
+model the server does not have (NOT_FOUND), so a key cannot probe which models exist.
+The file is re-read when it changes, so keys can be added or revoked without a restart; it is
+always rewritten atomically, and a file that does not load is logged and the last good keys kept.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import secrets
+import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,10 +42,11 @@ METADATA_KEY = "authorization"
 PROTECTED_PREFIX = "/telelens.v1."
 """Methods under this prefix need a key; others (health checking, reflection) do not."""
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+log = logging.getLogger(__name__)
 
 
 class AuthError(Exception):
-    """A call refused by auth: ``code`` is UNAUTHENTICATED or PERMISSION_DENIED."""
+    """A call refused by auth: ``code`` is UNAUTHENTICATED or NOT_FOUND (a model the key may not use)."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
@@ -97,7 +102,7 @@ class KeyStore:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else None
         self._by_hash: dict[str, ApiKey] = {}
-        self._mtime: float | None = None
+        self._seen: tuple[int, int, int] | None = None  # (mtime_ns, inode, size) of the file last read
         self._lock = threading.Lock()
         if self.path is not None:
             self._reload(force=True)
@@ -121,27 +126,49 @@ class KeyStore:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
         return found
 
-    def authorize(self, key: ApiKey, model: str) -> None:
-        """:class:`AuthError` (PERMISSION_DENIED) unless ``key`` may use ``model``."""
-        if not key.may_use(model):
-            raise AuthError(
-                grpc.StatusCode.PERMISSION_DENIED, f"API key {key.name!r} may not use model {model!r}"
-            )
+    @staticmethod
+    def authorize(key: ApiKey, model: str, served: Iterable[str]) -> None:
+        """:class:`AuthError` (NOT_FOUND) unless ``model`` is in ``served`` and ``key`` may use it.
+
+        An unknown model and a forbidden one get the same status and message, so a key learns
+        nothing about models it may not use.
+        """
+        served = list(served)
+        if model in served and key.may_use(model):
+            return
+        allowed = [m for m in served if key.may_use(m)]
+        usable = f"your key may use: {', '.join(allowed)}" if allowed else "your key may use no model here"
+        raise AuthError(grpc.StatusCode.NOT_FOUND, f"model {model!r} is not served for this key; {usable}")
 
     def _reload(self, force: bool = False) -> None:
         assert self.path is not None
         try:
-            mtime = self.path.stat().st_mtime
+            st = self.path.stat()
         except OSError as e:
             if force:
                 raise ConfigError([("keys_file", f"cannot read {self.path}: {e}")]) from None
             return  # keep the keys we have; the file is being replaced
-        if not force and mtime == self._mtime:
+        # The inode and size too: an atomic replace within the clock's resolution is still seen.
+        seen = (st.st_mtime_ns, st.st_ino, st.st_size)
+        if not force and seen == self._seen:
             return
         with self._lock:
-            keys = read_keys_file(self.path)
+            if not force and seen == self._seen:
+                return
+            try:
+                keys = read_keys_file(self.path)
+            except Exception as e:
+                if force:
+                    raise
+                # Keep serving with the last good keys; warn once per version of the file.
+                self._seen = seen
+                log.warning(
+                    "keys file %s does not load (%s); keeping the %d keys loaded before",
+                    self.path, e, len(self._by_hash),
+                )  # fmt: skip
+                return
             self._by_hash = {k.key_sha256: k for k in keys}
-            self._mtime = mtime
+            self._seen = seen
 
 
 def read_keys_file(path: Path) -> list[ApiKey]:
@@ -236,23 +263,69 @@ def add_key(
     limits: dict[str, Any] | None = None,
 ) -> str:
     """Create a key, append its hash to the keys file (created 0600 if missing); return the key."""
-    import yaml
-
     path = Path(path).expanduser()
     existing = read_keys_file(path) if path.exists() else []
     if any(k.name == name for k in existing):
         raise ValueError(f"{path} already has a key named {name!r}")
     key = new_key()
-    data = yaml.safe_load(path.read_text()) if path.exists() else None
-    data = data if isinstance(data, dict) else {"keys": data or []}
+    data = _file_data(path)
     entry: dict[str, Any] = {"name": name, "key_sha256": hash_key(key), "models": models or "*"}
     entry.update({"allow_code": allow_code, "priority": priority, "limits": limits or {}})
-    data.setdefault("keys", []).append(entry)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
-    read_keys_file(path)  # what we wrote must load
+    data["keys"].append(entry)
+    _write_atomically(path, data)
     return key
+
+
+def revoke_key(path: str | os.PathLike[str], name: str) -> None:
+    """Remove the key called ``name`` from the keys file; a running server refuses it from its next reload."""
+    path = Path(path).expanduser()
+    existing = read_keys_file(path) if path.exists() else []
+    if not any(k.name == name for k in existing):
+        raise ValueError(f"{path} has no key named {name!r}")
+    data = _file_data(path)
+    data["keys"] = [e for e in data["keys"] if not (isinstance(e, dict) and e.get("name") == name)]
+    _write_atomically(path, data)
+
+
+def _file_data(path: Path) -> dict[str, Any]:
+    """The keys file as a mapping with a ``keys`` list (other top-level fields kept)."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) if path.exists() else None
+    data = data if isinstance(data, dict) else {"keys": data or []}
+    data["keys"] = data.get("keys") or []
+    return data
+
+
+def _write_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to a 0600 temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    A server re-reading the file sees the old or the new version, never a half-written one.
+    """
+    import yaml
+
+    text = yaml.safe_dump(data, sort_keys=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        read_keys_file(Path(tmp))  # what we wrote must load
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
 
 
 # ---------------------------------------------------------------------------------- interceptor

@@ -143,10 +143,10 @@ def test_keys_are_stored_hashed_and_authenticate(tmp_path: Path) -> None:
     store = KeyStore(path)
     key = store.authenticate([("authorization", f"Bearer {alice}")])
     assert key.name == "alice" and key.limits == {"max_tokens": 100} and not key.allow_code
-    store.authorize(key, "tiny")
+    store.authorize(key, "tiny", ["tiny", "other"])
     with pytest.raises(AuthError) as e:
-        store.authorize(key, "other")
-    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
+        store.authorize(key, "other", ["tiny", "other"])
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
     for metadata in ([], [("authorization", "Bearer nope")], [("authorization", alice)]):
         with pytest.raises(AuthError) as e:
             store.authenticate(metadata)
