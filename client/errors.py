@@ -42,13 +42,17 @@ class AuthenticationError(RemoteError, PermissionError):
 
 
 class PermissionDeniedError(RemoteError, PermissionError):
-    """PERMISSION_DENIED: the key may not use this model (or send code)."""
+    """PERMISSION_DENIED: the key may not send code hooks."""
 
     code = "PERMISSION_DENIED"
 
 
 class ModelNotFoundError(RemoteError, LookupError):
-    """NOT_FOUND: the server serves no model of that name."""
+    """NOT_FOUND: no model of that name is served for this key.
+
+    An unknown model and one the key may not use answer alike (a key cannot probe which models
+    exist); the message lists the models the key may use.
+    """
 
     code = "NOT_FOUND"
 

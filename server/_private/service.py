@@ -3,7 +3,8 @@
 Status codes (see ``docs/server.md``): an invalid graph is INVALID_ARGUMENT with the
 serialized ``GraphErrors`` in the trailing metadata key ``telelens-graph-errors-bin``; a
 graph over the caller's limits is RESOURCE_EXHAUSTED (same metadata); code hooks without
-permission are PERMISSION_DENIED; an unknown model is NOT_FOUND; a run past its deadline is
+permission are PERMISSION_DENIED; an unknown model, or one the key may not use, is NOT_FOUND
+(one message for both, so a key cannot probe which models exist); a run past its deadline is
 DEADLINE_EXCEEDED; a worker that died mid-stream is UNAVAILABLE.
 """
 
@@ -93,14 +94,8 @@ class TelelensService(service_pb2_grpc.TelelensServicer):
             raise  # unreachable: abort raises
 
     async def _model(self, name: str, key: ApiKey, context: grpc.aio.ServicerContext) -> ModelDescription:
-        if name not in self.pool.names:
-            available = [m for m in self.pool.names if key.may_use(m)]
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"no model {name!r} on this server; available: {', '.join(available) or 'none for this key'}",
-            )
-        try:
-            self.keys.authorize(key, name)
+        try:  # an unknown model and a forbidden one answer alike (NOT_FOUND)
+            self.keys.authorize(key, name, self.pool.names)
         except AuthError as e:
             await context.abort(e.code, e.message)
         return self.pool.describe(name)

@@ -7,6 +7,7 @@ executor on the same weights: they must be equal bit for bit.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -180,6 +181,27 @@ def test_unknown_model_is_not_found(stub, key) -> None:
     assert e.value.code() == grpc.StatusCode.NOT_FOUND and "tiny" in e.value.details()
 
 
+def test_unknown_and_forbidden_models_answer_alike(stub, key) -> None:
+    """A key may not learn which models exist: 'tiny' (served, forbidden) answers like 'nope'."""
+    graph = ir.Graph((ir.Run(0, text=("w1",)), ir.Read(1, 0, "logits"), ir.Save(2, ir.Ref(1), "l")))
+    answers = []
+    for model in ("tiny", "nope"):
+        for call in (
+            lambda m=model: stub.GetModelInfo(
+                service_pb2.GetModelInfoRequest(model=m), metadata=auth(key["other"])
+            ),
+            lambda m=model: run_graph(stub, graph, key["other"], model=m),
+        ):
+            with pytest.raises(grpc.RpcError) as e:
+                call()
+            answers.append((e.value.code(), e.value.details().replace(repr(model), "<model>")))
+    assert len(set(answers)) == 1, answers
+    assert answers[0] == (
+        grpc.StatusCode.NOT_FOUND,
+        "model <model> is not served for this key; your key may use no model here",
+    )
+
+
 def test_health(server) -> None:
     channel = grpc.insecure_channel(server.address)
     health = health_pb2_grpc.HealthStub(channel)
@@ -208,7 +230,45 @@ def test_model_not_allowed_for_key(stub, key) -> None:
     graph = ir.Graph((ir.Run(0, text=("w1",)), ir.Read(1, 0, "logits"), ir.Save(2, ir.Ref(1), "l")))
     with pytest.raises(grpc.RpcError) as e:
         run_graph(stub, graph, key["other"])
-    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "other" in e.value.details()
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "not served for this key" in e.value.details()
+
+
+def test_revoked_key_is_refused_after_reload(stub, keys, capsys) -> None:
+    from telelens.cli import main as cli_main
+
+    path = keys[0]
+    assert cli_main(["keys", "add", "temp", "--keys-file", str(path), "--models", "tiny"]) == 0
+    temp = capsys.readouterr().out.strip()
+    (m,) = stub.ListModels(service_pb2.ListModelsRequest(), metadata=auth(temp)).models
+    assert m.name == "tiny"
+    assert cli_main(["keys", "revoke", "temp", "--keys-file", str(path)]) == 0
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ListModels(service_pb2.ListModelsRequest(), metadata=auth(temp))
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert stub.ListModels(service_pb2.ListModelsRequest(), metadata=auth(keys[1]["full"])).models
+
+
+def test_malformed_keys_file_keeps_serving_the_last_good_keys(stub, keys, caplog) -> None:
+    path, key = keys
+    good = path.read_text()
+    garbage = "keys: [ {name: full, key_sha256: 'zz'\n  : : not-yaml-garbage-" + "x" * 50
+    graph = ir.Graph((ir.Run(0, text=("w1",)), ir.Read(1, 0, "logits"), ir.Save(2, ir.Ref(1), "l")))
+    try:
+        path.write_text(garbage)
+        with caplog.at_level(logging.WARNING, logger="telelens.server._private.auth"):
+            for _ in range(3):
+                assert stub.ListModels(service_pb2.ListModelsRequest(), metadata=auth(key["full"])).models
+                assert "l" in run_graph(stub, graph, key["nocode"]).values
+                with pytest.raises(grpc.RpcError) as e:
+                    stub.ListModels(service_pb2.ListModelsRequest(), metadata=auth("tl-not-a-key"))
+                assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                for text in (str(path), path.name, "garbage", "key_sha256"):
+                    assert text not in e.value.details()
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and str(path) in r.getMessage()]
+        assert len(warnings) == 1
+    finally:
+        path.write_text(good)
+    assert stub.ListModels(service_pb2.ListModelsRequest(), metadata=auth(key["full"])).models
 
 
 def test_code_hooks_need_a_key_that_allows_code(stub, key, local) -> None:
