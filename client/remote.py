@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from telelens.client.lazy_weight import LazyWeight
+from telelens.client.limits import DEFAULT, DEFAULT_MAX_RESULT_BYTES, Timeout
 from telelens.client.remote_config import RemoteConfig
 from telelens.client.remote_hooks import RemoteHookPoint, RemoteHooks
 from telelens.client.tokenizer import RemoteTokenizer
@@ -62,6 +63,7 @@ class RemoteModel(RemoteHooks, ModelSurface):
         info: service_pb2.ModelInfo,
         handshake: service_pb2.HandshakeResponse | None = None,
         allow_code: bool = False,
+        trust_tokenizer: bool = False,
     ) -> None:
         self.transport = transport
         self.allow_code = allow_code
@@ -77,7 +79,9 @@ class RemoteModel(RemoteHooks, ModelSurface):
             w.name: (tuple(w.shape), WIRE_DTYPES.get(w.dtype, "?")) for w in info.weights
         }
         """Weight name -> (shape, dtype) as the server lists them."""
-        self.tokenizer = RemoteTokenizer.from_model_info(info.tokenizer_json, info.tokenizer_config_json)
+        self.tokenizer = RemoteTokenizer.from_model_info(
+            info.tokenizer_json, info.tokenizer_config_json, trust=trust_tokenizer
+        )
         if self.tokenizer is not None and not hasattr(self.cfg, "default_padding_side"):
             setattr(self.cfg, "default_padding_side", self.tokenizer.padding_side)  # noqa: B010
         self._weights: dict[str, torch.Tensor] = {}
@@ -332,7 +336,7 @@ class RemoteModel(RemoteHooks, ModelSurface):
 def _transport(
     url: str,
     api_key: str | None,
-    timeout: float | None,
+    timeout: Timeout,
     tls: Any,
     retry: RetryPolicy | None,
     **kwargs: Any,
@@ -347,25 +351,33 @@ def connect(
     url: str,
     model: str | None = None,
     api_key: str | None = None,
-    timeout: float | None = None,
+    timeout: Timeout = DEFAULT,
     tls: Any = None,
     *,
     retry: RetryPolicy | None = None,
     chunk_bytes: int = 0,
-    max_result_bytes: int | None = None,
+    max_result_bytes: int | None = DEFAULT_MAX_RESULT_BYTES,
     progress: bool = True,
     options: Sequence[tuple[str, Any]] = (),
     allow_code: bool = False,
+    trust_tokenizer: bool = False,
 ) -> RemoteModel:
     """Connect to a telelens server and open one of its models.
 
     ``url`` is ``grpc://host:port`` (``grpcs://`` for TLS); ``model`` may be omitted when the
     server serves exactly one. ``api_key`` defaults to ``$TELELENS_API_KEY``. ``timeout`` is
-    the deadline of each call in seconds (None: no deadline for runs). ``tls`` is True (system
+    the deadline of each call in seconds; by default (``limits.DEFAULT``) a run, its whole
+    result stream included, gets 600 s (``limits.RUN_TIMEOUT``) and the small calls 30 s, so a
+    stalled server cannot hang the client forever; ``timeout=None``, passed explicitly, lets runs
+    go without deadline. ``max_result_bytes`` caps what one run may make this process allocate
+    (default 16 GiB, ``limits.DEFAULT_MAX_RESULT_BYTES``; None: no cap): a server declaring more
+    is refused with ``ProtocolError`` before anything is allocated. ``tls`` is True (system
     roots), a CA bundle path, PEM bytes or ``grpc.ChannelCredentials``. ``retry`` bounds the
     retries on UNAVAILABLE (``telelens.client.transport.RetryPolicy``). ``allow_code=True`` lets this
     model send Python hook functions (registered with ``add_hook`` or passed to a call) without
-    ``allow_code=True`` on each call; the server and the key must allow code too.
+    ``allow_code=True`` on each call; the server and the key must allow code too. The server's
+    tokenizer is refused (``ProtocolError``) if it uses a regex that is not a standard Hugging Face
+    pattern (one could hang ``to_tokens``), unless ``trust_tokenizer=True``.
 
     The handshake runs first: an incompatible server raises ``IncompatibleServerError``
     naming both versions. Then the model's info (config, hooks, tokenizer) is fetched.
@@ -384,10 +396,10 @@ def connect(
                 )
             model = names[0]
         info = transport.model_info(model)
-    except BaseException:
+        return RemoteModel(transport, info, handshake, allow_code=allow_code, trust_tokenizer=trust_tokenizer)
+    except BaseException:  # the handshake, the model's info or its tokenizer refused: nothing to keep open
         transport.close()
         raise
-    return RemoteModel(transport, info, handshake, allow_code=allow_code)
 
 
 def list_models(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -159,12 +160,20 @@ class ResultAssembler:
     """Collects headers and chunks of one ``Run`` into tensors.
 
     ``max_result_bytes`` refuses a header announcing more than that (a client-side ceiling on
-    what a server can make this process allocate); ``on_bytes(n)`` is called per chunk.
+    what a server can make this process allocate), before allocating; ``on_bytes(n)`` is called
+    per chunk. ``expected`` are the names the graph saved, when known: a header for any other
+    name is refused, and :meth:`finish` refuses a stream that lacks one of them.
     """
 
-    def __init__(self, max_result_bytes: int | None = None, on_bytes: Any = None) -> None:
+    def __init__(
+        self,
+        max_result_bytes: int | None = None,
+        on_bytes: Any = None,
+        expected: Iterable[str] | None = None,
+    ) -> None:
         self.max_result_bytes = max_result_bytes
         self.on_bytes = on_bytes
+        self.expected = None if expected is None else frozenset(expected)
         self.pending: dict[str, _Pending] = {}
         self.stats = AssemblyStats()
 
@@ -177,6 +186,8 @@ class ResultAssembler:
             raise ProtocolError("a result header without a name")
         if name in self.pending:
             raise ProtocolError(f"two headers for result {name!r}")
+        if self.expected is not None and name not in self.expected:
+            raise ProtocolError(f"a result header for {name!r}, which the graph did not save")
         dtype = WIRE_DTYPES.get(h.dtype)
         if dtype is None:
             raise ProtocolError(f"result {name!r} has an unknown dtype (enum {h.dtype})")
@@ -191,8 +202,10 @@ class ResultAssembler:
         total = self.stats.result_bytes + expected
         if self.max_result_bytes is not None and total > self.max_result_bytes:
             raise ProtocolError(
-                f"results exceed this client's max_result_bytes={self.max_result_bytes} "
-                f"(result {name!r} brings the total to {total} bytes)"
+                f"result {name!r} declares {expected} bytes ({_size(expected)}, shape {list(shape)} x "
+                f"{dtype}), bringing this run's results to {total} bytes, more than this client's "
+                f"max_result_bytes={self.max_result_bytes} ({_size(self.max_result_bytes)}); refused "
+                "before allocating (raise max_result_bytes in connect() if the server is right)"
             )
         buffer = torch.empty(expected, dtype=torch.uint8)  # the result's final memory
         self.pending[name] = _Pending(name, dtype, shape, expected, buffer, buffer.numpy().data)
@@ -217,12 +230,30 @@ class ResultAssembler:
             self.on_bytes(n)
 
     def finish(self) -> dict[str, torch.Tensor]:
-        """Every result as a tensor; raises ProtocolError if any byte is missing or sent twice."""
+        """Every result as a tensor; raises ProtocolError if any byte is missing or sent twice,
+        or if a name the graph saved never arrived."""
+        if self.expected is not None:
+            missing = sorted(self.expected - self.pending.keys())
+            if missing:
+                raise ProtocolError(
+                    f"the run finished without the saved value(s) {', '.join(map(repr, missing))} "
+                    f"(received {len(self.pending)} of {len(self.expected)} results)"
+                )
         out = {}
         for p in self.pending.values():
             _check_coverage(p)
             out[p.name] = _as_tensor(p)
         return out
+
+
+def _size(nbytes: int) -> str:
+    """``4.0 TiB``: a byte count a person can read."""
+    size = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def _check_coverage(p: _Pending) -> None:

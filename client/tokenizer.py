@@ -16,6 +16,8 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from telelens.client.tokenizer_guard import check_tokenizer_regexes
+
 if TYPE_CHECKING:
     pass
 
@@ -52,9 +54,15 @@ class RemoteTokenizer:
     (a model without a pad token pads with EOS, as telelens's core does).
     """
 
-    def __init__(self, tokenizer_json: str, config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, tokenizer_json: str, config: dict[str, Any] | None = None, *, trust: bool = False
+    ) -> None:
+        """``trust=False`` refuses (``ProtocolError``) regexes that are not standard Hugging Face
+        patterns: a backtracking one could hang every ``encode`` (``client.tokenizer_guard``)."""
         from tokenizers import Tokenizer
 
+        if not trust:
+            check_tokenizer_regexes(json.loads(tokenizer_json))
         self._tok = Tokenizer.from_str(tokenizer_json)
         # transformers encodes with the backend's own padding/truncation switched off and
         # special tokens in the text recognised as such; so do we.
@@ -95,11 +103,14 @@ class RemoteTokenizer:
     unk_token_id: int | None
 
     @classmethod
-    def from_model_info(cls, tokenizer_json: str, tokenizer_config_json: str) -> RemoteTokenizer | None:
+    def from_model_info(
+        cls, tokenizer_json: str, tokenizer_config_json: str, *, trust: bool = False
+    ) -> RemoteTokenizer | None:
         """None when the server model has no tokenizer (empty JSON)."""
         if not tokenizer_json:
             return None
-        return cls(tokenizer_json, json.loads(tokenizer_config_json) if tokenizer_config_json else {})
+        config = json.loads(tokenizer_config_json) if tokenizer_config_json else {}
+        return cls(tokenizer_json, config, trust=trust)
 
     @property
     def backend_tokenizer(self) -> Any:

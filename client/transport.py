@@ -37,6 +37,7 @@ from telelens.client.channel import (
     open_channel,
     parse_target,
 )
+from telelens.client.limits import DEFAULT, DEFAULT_MAX_RESULT_BYTES, RUN_TIMEOUT, Timeout
 from telelens.client.progress import TRANSFER_THRESHOLD, CallProgress
 from telelens.client.results import ResultAssembler, parse_run_response
 from telelens.client.rpc_errors import map_rpc_error
@@ -74,10 +75,13 @@ class Transport:
     """A connection to one telelens server.
 
     ``timeout`` is the deadline of every call in seconds (a Run's whole stream included);
-    None means none for runs and ``INFO_TIMEOUT`` for the small calls. ``chunk_bytes`` asks
-    the server for that chunk size (0: its default). ``max_result_bytes`` caps what one Run
-    may make this process allocate. ``progress`` shows tqdm bars for slow stages and large
-    transfers.
+    ``DEFAULT`` (the default) means ``RUN_TIMEOUT`` (600 s) for runs and ``INFO_TIMEOUT`` for the
+    small calls, so a stalled server cannot hang the client forever; an explicit None means no
+    deadline for runs (``INFO_TIMEOUT`` still bounds the small calls). ``chunk_bytes`` asks the
+    server for that chunk size (0: its default). ``max_result_bytes`` caps what one Run may make
+    this process allocate (default ``DEFAULT_MAX_RESULT_BYTES``; None: no cap): a header
+    declaring more is refused with ``ProtocolError`` before anything is allocated.
+    ``progress`` shows tqdm bars for slow stages and large transfers.
     """
 
     def __init__(
@@ -86,11 +90,11 @@ class Transport:
         *,
         api_key: str | None = None,
         tls: Any = None,
-        timeout: float | None = None,
+        timeout: Timeout = DEFAULT,
         retry: RetryPolicy | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         chunk_bytes: int = 0,
-        max_result_bytes: int | None = None,
+        max_result_bytes: int | None = DEFAULT_MAX_RESULT_BYTES,
         progress: bool = True,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
@@ -166,8 +170,15 @@ class Transport:
         return f"<Transport {'grpcs' if self.tls else 'grpc'}://{self.target}>"
 
     # ------------------------------------------------------------------ plumbing
-    def _deadline(self, timeout: float | None, default: float | None) -> float | None:
-        t = timeout if timeout is not None else self.timeout if self.timeout is not None else default
+    def _deadline(self, timeout: float | None, *, run: bool) -> float | None:
+        """The monotonic deadline of a call: ``timeout`` if given, else the transport's own.
+
+        ``DEFAULT`` is ``RUN_TIMEOUT`` for a run, ``INFO_TIMEOUT`` for a small call; None means
+        no deadline for a run, ``INFO_TIMEOUT`` for a small call (those are always bounded).
+        """
+        t: Timeout = timeout if timeout is not None else self.timeout
+        if t is DEFAULT or (t is None and not run):
+            t = RUN_TIMEOUT if run else INFO_TIMEOUT
         return None if t is None else time.monotonic() + t
 
     @staticmethod
@@ -176,7 +187,7 @@ class Transport:
 
     def _unary(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
         """One unary call with bounded retries on UNAVAILABLE (these calls are idempotent)."""
-        deadline = self._deadline(timeout, INFO_TIMEOUT)
+        deadline = self._deadline(timeout, run=False)
         start = time.monotonic()
         delays = self.retry.delays()
         for attempt in range(len(delays) + 1):
@@ -237,6 +248,9 @@ class Transport:
     ) -> dict[str, torch.Tensor]:
         """Run ``graph`` on ``model``; every saved value by name (CPU tensors).
 
+        A stream that ends without one of the graph's saved values, or declares a result the
+        graph did not save or larger than ``max_result_bytes``, raises ``ProtocolError``.
+
         Retried on UNAVAILABLE only while no result has arrived (a graph has no side effects
         and nothing of it has been consumed yet). Statistics go to ``last_run``.
         """
@@ -244,7 +258,8 @@ class Transport:
         request = service_pb2.RunRequest(
             model=model, graph=msg, chunk_bytes=self.chunk_bytes, accept_batches=True
         )
-        deadline = self._deadline(timeout, None)
+        saved = [n.save.name for n in msg.nodes if n.WhichOneof("op") == "save"]
+        deadline = self._deadline(timeout, run=True)
         delays = self.retry.delays()
         stats = RunStats()
         self.last_run = stats
@@ -255,7 +270,7 @@ class Transport:
                 self.progress if progress is None else progress, self.transfer_threshold, self.progress_delay
             )
             try:
-                return self._stream(request, deadline, stats, bars, start)
+                return self._stream(request, saved, deadline, stats, bars, start)
             except StreamFailed as failed:
                 e = failed.error
                 if not failed.received_results and self._should_retry(e, attempt, delays, deadline):
@@ -267,12 +282,18 @@ class Transport:
         raise AssertionError("unreachable")
 
     def _stream(
-        self, request: Any, deadline: float | None, stats: RunStats, bars: CallProgress, start: float
+        self,
+        request: Any,
+        saved: Sequence[str],
+        deadline: float | None,
+        stats: RunStats,
+        bars: CallProgress,
+        start: float,
     ) -> dict[str, torch.Tensor]:
         def on_bytes(n: int) -> None:
             self.bytes_received += n
             bars.received(n)
 
-        assembler = ResultAssembler(self.max_result_bytes, on_bytes)
+        assembler = ResultAssembler(self.max_result_bytes, on_bytes, expected=saved)
         call = self._run(request, timeout=self._remaining(deadline), metadata=self._metadata)
         return read_run_stream(call, assembler, stats, bars, start)
