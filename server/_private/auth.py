@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 
 from telelens.server._private.config_parsing import parse_field
+from telelens.server._private.failures import clip
 from telelens.server.config import ConfigError, LimitsConfig
 
 METADATA_KEY = "authorization"
@@ -138,7 +139,10 @@ class KeyStore:
             return
         allowed = [m for m in served if key.may_use(m)]
         usable = f"your key may use: {', '.join(allowed)}" if allowed else "your key may use no model here"
-        raise AuthError(grpc.StatusCode.NOT_FOUND, f"model {model!r} is not served for this key; {usable}")
+        raise AuthError(
+            grpc.StatusCode.NOT_FOUND,
+            f"model {clip(model)!r} is not served for this key; {clip(usable, 1000)}",
+        )
 
     def _reload(self, force: bool = False) -> None:
         assert self.path is not None

@@ -12,15 +12,50 @@ from collections.abc import Callable, Iterable
 
 from telelens.protos import codec, ir
 
+# gRPC refuses a status whose message + trailing metadata pass 16 KiB (the call then fails as
+# RESOURCE_EXHAUSTED or UNAVAILABLE, its details lost), and every echoed hook or model name is the
+# caller's to make long. So each echoed text is clipped and the errors capped: the message
+# stays under MAX_MESSAGE_CHARS and the graph-errors trailer under about 3.5 KiB.
+MAX_TEXT_CHARS = 160
+"""The most characters of one echoed name or reason (the rest becomes an ellipsis)."""
+MAX_ERRORS = 10
+"""The most graph errors sent in the trailer; an extra entry says how many more there were."""
+MAX_MESSAGE_CHARS = 2500
+"""The most characters of a status message."""
+_SLACK = 40  # room for clip's "... (N more characters)"
+
+
+def clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """``text``, or its first ``limit`` characters and an ellipsis noting how many were cut.
+
+    Idempotent (a worker's clipped errors pass the front door unchanged): text at most
+    ``_SLACK`` characters over the limit, as clipped text is, is kept whole.
+    """
+    if len(text) <= limit + _SLACK:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def bounded_errors(errors: Iterable[ir.GraphError]) -> tuple[ir.GraphError, ...]:
+    """At most ``MAX_ERRORS`` of ``errors``, each field and reason clipped, plus one entry saying
+    how many more were left out (if any): what a status's details can carry. Idempotent."""
+    errors = tuple(errors)
+    shown = errors if len(errors) <= MAX_ERRORS + 1 else errors[:MAX_ERRORS]  # never "1 more"
+    kept = tuple(ir.GraphError(e.node_id, clip(e.field, 80), clip(e.reason)) for e in shown)
+    if len(errors) > len(shown):
+        kept += (ir.GraphError(None, "", f"... and {len(errors) - MAX_ERRORS} more error(s)"),)
+    return kept
+
 
 class Failure(Exception):
     """A request that cannot complete: ``code`` is a ``grpc.StatusCode`` name."""
 
     def __init__(self, code: str, message: str, errors: Iterable[ir.GraphError] = ()) -> None:
-        super().__init__(code, message, tuple(errors))
+        errors = tuple(errors)
+        super().__init__(code, message, errors)
         self.code = code
         self.message = message
-        self.errors = tuple(errors)
+        self.errors = errors
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -30,7 +65,13 @@ def trailing_metadata(failure: Failure) -> tuple[tuple[str, bytes], ...]:
     """What travels beside ``failure``'s status: a refused graph's serialized ``GraphErrors``."""
     if not failure.errors:
         return ()
-    return ((codec.GRAPH_ERRORS_KEY, codec.errors_to_proto(failure.errors).SerializeToString()),)
+    errors = codec.errors_to_proto(bounded_errors(failure.errors)).SerializeToString()
+    return ((codec.GRAPH_ERRORS_KEY, errors),)
+
+
+def status_message(failure: Failure) -> str:
+    """``failure``'s message as sent in a status: clipped to ``MAX_MESSAGE_CHARS``."""
+    return clip(failure.message, MAX_MESSAGE_CHARS)
 
 
 def refused(
@@ -72,6 +113,6 @@ def has_code(graph: ir.Graph) -> bool:
 
 
 def _summary(headline: str, errors: list[ir.GraphError] | tuple[ir.GraphError, ...]) -> str:
-    shown = [str(e) for e in errors[:10]]
-    more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+    shown = [clip(str(e)) for e in errors[:MAX_ERRORS]]
+    more = f"\n  ... and {len(errors) - MAX_ERRORS} more" if len(errors) > MAX_ERRORS else ""
     return f"{headline} ({len(errors)} error(s)):\n  " + "\n  ".join(shown) + more

@@ -118,7 +118,7 @@ class TelelensService(service_pb2_grpc.TelelensServicer):
     async def _fail(context: grpc.aio.ServicerContext, failure: Failure) -> NoReturn:
         await context.abort(
             grpc.StatusCode[failure.code],
-            failure.message,
+            failures.status_message(failure),
             trailing_metadata=failures.trailing_metadata(failure),
         )
         raise AssertionError("unreachable")  # pragma: no cover

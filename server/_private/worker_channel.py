@@ -143,7 +143,7 @@ def _each(
 
 def _abort(context: grpc.ServicerContext, failure: Failure) -> None:
     context.set_trailing_metadata(((FAILURE_KEY, "1"), *failures.trailing_metadata(failure)))
-    context.abort(grpc.StatusCode[failure.code], failure.message)
+    context.abort(grpc.StatusCode[failure.code], failures.status_message(failure))
 
 
 def _bracketed(host: str) -> str:
