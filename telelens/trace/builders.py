@@ -275,8 +275,9 @@ def build_run_with_cache_graph(
         return value
 
     for hook in filter(span.fires, resolve_names_filter(names_filter, hook_names)):
-        reads[hook] = run[hook].node_id
-        cache[save(builder, shape(hook, run[hook]), hook, dtype).name] = hook
+        value = run[hook]
+        reads[hook] = value.node_id
+        cache[save(builder, shape(hook, value), hook, dtype).name] = hook
     if incl_bwd:
         assert tokens is not None
         loss = _loss(run, tokens)
